@@ -3,7 +3,11 @@
     genrec pipeline CONFIG [--run-dir DIR] [--stages data,embed,quantize] [--force]
     genrec stage NAME CONFIG [--run-dir DIR] [--force]
 
-Later stages (evaluate, baselines, sft) add their own sub-commands here.
+    genrec evaluate ...          (genrec.evaluate: constrained beam search over a split)
+    genrec baseline NAME ...     (genrec.baselines: popularity, sasrec, knn, cooc)
+
+Sub-commands that own a module take their arguments from that module's `main(argv)`, so
+`genrec evaluate --help` shows the module's own options.
 """
 
 from __future__ import annotations
@@ -32,6 +36,23 @@ def cmd_stage(args) -> None:
     run_stage(load_pipeline_config(args.config), _run_dir(args), args.name, force=args.force)
 
 
+# sub-command -> "module:function" taking the remaining argv
+DELEGATED = {
+    "evaluate": ("genrec.evaluate:main", "evaluate a checkpoint with trie-constrained beam search"),
+    "baseline": ("genrec.baselines:main", "run a baseline (popularity, sasrec, knn, cooc) in the same harness"),
+}
+
+
+def _delegate(ref: str):
+    def run(args) -> None:
+        module, name = ref.split(":")
+        import importlib
+
+        getattr(importlib.import_module(module), name)(args.rest)
+
+    return run
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genrec", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -50,6 +71,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_stage)
+
+    for name, (ref, help_text) in DELEGATED.items():
+        p = sub.add_parser(name, help=help_text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(ref))
     return parser
 
 
