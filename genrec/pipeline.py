@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Stage:
     name: str
-    config: str  # "module:Class" of the stage's config dataclass
-    run: str  # "module:function" called as run(run_dir, cfg)
+    config: Any  # "module:Class" of the stage's config dataclass (or the class itself)
+    run: Any  # "module:function" called as run(run_dir, cfg) (or the function itself)
     outputs: tuple[str, ...]
     after: tuple[str, ...] = ()
 
@@ -53,7 +53,10 @@ STAGES: dict[str, Stage] = {
 }
 
 
-def _load(ref: str):
+def _load(ref):
+    """Resolve "module:attr" lazily (stages import torch-heavy modules only when used); objects pass through."""
+    if not isinstance(ref, str):
+        return ref
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)
 

@@ -1,0 +1,89 @@
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from genrec import pipeline
+from genrec.pipeline import Stage, pipeline_config_from_dict, run_pipeline
+
+
+@dataclass
+class CountConfig:
+    value: int = 1
+    fail: bool = False
+
+
+CALLS: list[str] = []
+
+
+def make_stage(name: str, after=()):
+    def run(run_dir: Path, cfg: CountConfig) -> None:
+        CALLS.append(name)
+        (run_dir / f"{name}.partial").write_text("started")
+        if cfg.fail:
+            raise RuntimeError(f"{name} killed")
+        (run_dir / f"{name}.out").write_text(str(cfg.value))
+
+    return Stage(name, CountConfig, run, (f"{name}.out",), tuple(after))
+
+
+@pytest.fixture
+def toy_stages(monkeypatch):
+    CALLS.clear()
+    stages = {s.name: s for s in [make_stage("first"), make_stage("second", ["first"]),
+                                  make_stage("third", ["second"])]}
+    monkeypatch.setattr(pipeline, "STAGES", stages)
+    return stages
+
+
+def test_second_run_skips_finished_stages(toy_stages, tmp_path):
+    cfg = pipeline_config_from_dict({"first": {"value": 3}})
+    run_pipeline(cfg, tmp_path)
+    assert CALLS == ["first", "second", "third"]
+    run_pipeline(cfg, tmp_path)
+    assert CALLS == ["first", "second", "third"]  # nothing re-ran
+
+
+def test_config_change_reruns_that_stage_and_downstream(toy_stages, tmp_path):
+    run_pipeline(pipeline_config_from_dict({}), tmp_path)
+    CALLS.clear()
+    run_pipeline(pipeline_config_from_dict({"second": {"value": 5}}), tmp_path)
+    assert CALLS == ["second", "third"]
+    assert (tmp_path / "second.out").read_text() == "5"
+
+
+def test_killed_stage_resumes_without_redoing_earlier_ones(toy_stages, tmp_path):
+    with pytest.raises(RuntimeError, match="second killed"):
+        run_pipeline(pipeline_config_from_dict({"second": {"fail": True}}), tmp_path)
+    assert CALLS == ["first", "second"]
+    CALLS.clear()
+    # the crashed stage left a partial file but no completion record, so it runs again; first is kept
+    run_pipeline(pipeline_config_from_dict({}), tmp_path)
+    assert CALLS == ["second", "third"]
+
+
+def test_deleted_output_reruns_stage(toy_stages, tmp_path):
+    cfg = pipeline_config_from_dict({})
+    run_pipeline(cfg, tmp_path)
+    (tmp_path / "third.out").unlink()
+    CALLS.clear()
+    run_pipeline(cfg, tmp_path)
+    assert CALLS == ["third"]
+
+
+def test_stage_needs_its_inputs(toy_stages, tmp_path):
+    with pytest.raises(RuntimeError, match="needs stage 'first' first"):
+        run_pipeline(pipeline_config_from_dict({}), tmp_path, stages=["second"])
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        ({"frist": {}}, r"unknown section\(s\) \['frist'\]"),  # typo in a section name
+        ({"first": {"valeu": 1}}, r"unknown option\(s\) \['valeu'\]; valid options are \['fail', 'value'\]"),
+        ({"stages": ["first", "fourth"]}, r"unknown stage\(s\) \['fourth'\]"),
+    ],
+)
+def test_config_errors_name_the_fix(toy_stages, raw, message):
+    with pytest.raises(ValueError, match=message):
+        pipeline_config_from_dict(raw)
