@@ -1,0 +1,70 @@
+"""Every file under configs/ is parsed against the code that reads it, and lists only values that differ from
+the defaults (a default lives in one place: the dataclass field)."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from trl import TrlParser
+
+from genrec.pipeline import from_dict, load_pipeline_config
+from genrec.sft import SFT_DATACLASSES
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _files(folder: str, *suffixes: str) -> list[Path]:
+    return sorted(p for p in (CONFIGS / folder).glob("*") if p.suffix in suffixes)
+
+
+def test_every_config_file_has_a_parser():
+    parsed = {"sft", "pipeline", "tokenizer", "accelerate"}
+    folders = {p.parent.name for p in CONFIGS.rglob("*") if p.is_file()}
+    assert folders <= parsed, f"add a test that parses configs/{sorted(folders - parsed)}"
+
+
+@pytest.mark.parametrize("path", _files("sft", ".yaml"), ids=lambda p: p.name)
+def test_sft_config(path):
+    args = ["--config", str(path)]
+    if not torch.cuda.is_available():
+        args += ["--use_cpu", "true"]  # GPU configs ask for bf16, which TrainingArguments refuses without a GPU
+    script_args, model_args, training_args = TrlParser(SFT_DATACLASSES).parse_args_and_config(args)
+    values = yaml.safe_load(path.read_text())
+    for obj in (script_args, model_args, training_args):
+        for f in dataclasses.fields(obj):
+            if f.name in values and f.default is not dataclasses.MISSING:
+                assert values[f.name] != f.default, f"{path.name}: {f.name}: {values[f.name]!r} is the default"
+    assert training_args.eval_strategy == "no" or training_args.metric_for_best_model == "eval_HR@10"
+
+
+@pytest.mark.parametrize("path", _files("pipeline", ".yaml"), ids=lambda p: p.name)
+def test_pipeline_config(path):
+    cfg = load_pipeline_config(path)
+    assert cfg.stages
+
+
+@pytest.mark.parametrize("path", _files("tokenizer", ".yaml"), ids=lambda p: p.name)
+def test_tokenizer_config(path):
+    from genrec.tokenizer import QuantizeConfig
+
+    from_dict(QuantizeConfig, yaml.safe_load(path.read_text()), str(path))
+
+
+@pytest.mark.parametrize("path", _files("accelerate", ".yaml"), ids=lambda p: p.name)
+def test_accelerate_config(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    ds_file = (cfg.deepspeed_config or {}).get("deepspeed_config_file")
+    if ds_file:
+        ds = json.loads((CONFIGS.parent / ds_file).read_text())
+        assert ds["zero_optimization"]["stage"] == (3 if cfg.deepspeed_config["zero3_init_flag"] else 2)
+
+
+@pytest.mark.parametrize("path", _files("accelerate", ".json"), ids=lambda p: p.name)
+def test_deepspeed_json(path):
+    ds = json.loads(path.read_text())
+    assert ds["train_micro_batch_size_per_gpu"] == "auto"  # the trainer fills batch sizes from SFTConfig
