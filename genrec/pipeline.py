@@ -49,6 +49,8 @@ STAGES: dict[str, Stage] = {
               ("item_emb.npy", "item_emb.json"), ("data",)),
         Stage("quantize", "genrec.tokenizer:QuantizeConfig", "genrec.tokenizer:run_quantize",
               ("sids.json", "sid_report.json"), ("embed",)),
+        Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe",
+              ("token_semantics.json",), ("quantize",)),
     ]
 }
 
