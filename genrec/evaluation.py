@@ -7,7 +7,7 @@ One relevant item per row: HR@K = 1 if the target is in the top K; NDCG@K = 1 / 
 
 Example:
     >>> ranking_metrics([["a", "b"], ["c", "d"]], ["b", "x"], ks=(1, 2))
-    {'HR@1': 0.0, 'NDCG@1': 0.0, 'HR@2': 0.5, 'NDCG@2': 0.3154648767857287}
+    {'HR@1': 0.0, 'NDCG@1': 0.0, 'HR@2': 0.5, 'NDCG@2': 0.31546487678572877}
 """
 
 from __future__ import annotations
