@@ -1,0 +1,209 @@
+"""transformers adapter: a trie `LogitsProcessor` and `recommend`, constrained beam search that returns real items.
+
+`recommend` never inherits the checkpoint's ``generation_config`` (a saved ``do_sample=True``, ``top_k``,
+``repetition_penalty``, ``min_new_tokens`` or ``suppress_tokens`` would silently change or break the search): it
+builds its own `GenerationConfig` and runs `generate` with a fresh default config on the model.
+
+Example:
+    >>> trie = SIDTrie.from_sids(load_sids("runs/demo/sids.json"), tokenizer)  # doctest: +SKIP
+    >>> recs = recommend(model, tokenizer, ["User history: <a_1><b_2><c_3>. Next item:"], trie, k=10)  # doctest: +SKIP
+    >>> recs[0].items[:3], recs[0].scores[:3]  # doctest: +SKIP
+    (['B00123', 'B00777', 'B00042'], [-0.41, -1.87, -2.05])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from genrec.decoding.trie import DEAD, SIDTrie
+
+logger = logging.getLogger(__name__)
+
+# transformers gives the extra beams of the first step a score of -1e9 (so they copy beam 0); anything at or below
+# this threshold is such a filler or a -inf dead end, never a real hypothesis.
+_FILLER_SCORE = -1e8
+
+
+class TrieLogitsProcessor(LogitsProcessor):
+    """Masks every token a catalog SID cannot continue with; finds the prompt length itself on its first call.
+
+    Use one processor per ``generate()`` call, or call `reset` between calls (a later call whose input is not one
+    token longer than the last one is also taken as a new generation, but a new prompt that happens to be exactly
+    one token longer would not be).
+
+    Writes only the allowed positions into a persistent ``-inf`` buffer (resetting last step's positions) and
+    returns that buffer, so a step costs O(allowed tokens), not O(rows x vocabulary). The returned tensor is
+    reused on the next call: copy it if you keep it (``recommend`` does not). ``dead_rows`` counts rows that
+    reached a prefix outside the catalog (they are only allowed EOS).
+
+    Example:
+        >>> processor = TrieLogitsProcessor(trie)  # doctest: +SKIP
+        >>> model.generate(**inputs, logits_processor=LogitsProcessorList([processor]), ...)  # doctest: +SKIP
+    """
+
+    def __init__(self, trie: SIDTrie):
+        self.trie = trie
+        self.dead_rows = 0
+        self._prompt_len: int | None = None
+        self._last_len = -1
+        self._buffer: torch.Tensor | None = None
+        self._written: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def reset(self) -> None:
+        """Forget the prompt length (the next call starts a new generation); the buffer is kept for reuse."""
+        self._prompt_len = None
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        length = input_ids.shape[1]
+        if self._prompt_len is None or length != self._last_len + 1:
+            self._prompt_len = length  # a new generate() call: everything so far is prompt
+        self._last_len = length
+        state, _ = self.trie.walk(input_ids[:, self._prompt_len:])
+        self.dead_rows += int((state == DEAD).sum())
+        rows, tokens = self.trie.allowed(state)
+        out = self._take_buffer(scores)
+        out[rows, tokens] = scores[rows, tokens]
+        self._written = (rows, tokens)
+        return out
+
+    def _take_buffer(self, scores: torch.Tensor) -> torch.Tensor:
+        buf = self._buffer
+        if buf is None or buf.shape != scores.shape or buf.dtype != scores.dtype or buf.device != scores.device:
+            self._buffer = torch.full_like(scores, -math.inf)
+        elif self._written is not None:
+            buf[self._written] = -math.inf
+        self._written = None
+        return self._buffer
+
+
+@dataclass
+class Recommendation:
+    """Top items for one prompt, best first; `invalid` counts scored beams that were not a catalog item."""
+
+    items: list[str]
+    scores: list[float]
+    invalid: int = 0
+
+
+def generation_config(trie: SIDTrie, *, num_beams: int, pad_token_id: int) -> GenerationConfig:
+    """The beam-search config `recommend` uses: deterministic, one SID plus EOS, scores = total log-probability."""
+    return GenerationConfig(
+        do_sample=False,
+        top_k=None,
+        top_p=None,
+        temperature=None,
+        num_beams=num_beams,
+        num_return_sequences=num_beams,
+        max_new_tokens=trie.depth + 1,
+        eos_token_id=trie.eos_token_id,
+        pad_token_id=pad_token_id,
+        length_penalty=0.0,  # rank items by the probability of their whole SID, whatever its length
+        early_stopping=False,
+        output_scores=True,  # needed for sequences_scores
+        return_dict_in_generate=True,
+    )
+
+
+@contextmanager
+def _fresh_generation_config(model):
+    """Hide the checkpoint's generation_config so generate() only sees library defaults plus ours."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def recommend(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    trie: SIDTrie,
+    *,
+    k: int = 10,
+    num_beams: int = 20,
+    batch_size: int = 16,
+    progress: bool = False,
+    encode: Callable[[str], list[int]] | None = None,
+    processor_factory: Callable[[], LogitsProcessor] | None = None,
+) -> list[Recommendation]:
+    """Constrained beam search: up to `k` distinct catalog items per prompt with their log-probabilities.
+
+    Prompts are encoded one by one (``encode(text)``; default: the tokenizer without special tokens, so no
+    [CLS]/[SEP] lands inside a prompt; pass the encoder training used, e.g. one that applies a chat template) and
+    left-padded into batches of `batch_size`.
+    `processor_factory` replaces the trie processor per batch (for benchmarks against other constraints).
+
+    Example:
+        >>> recommend(model, tokenizer, prompts, trie, k=10, num_beams=20)[0].items  # doctest: +SKIP
+    """
+    if num_beams < 1 or k < 1:
+        raise ValueError(f"k={k}, num_beams={num_beams}: both must be >= 1")
+    if k > num_beams:
+        raise ValueError(f"k={k} > num_beams={num_beams}: beam search returns at most num_beams items; "
+                         "raise num_beams")
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
+    config = generation_config(trie, num_beams=num_beams, pad_token_id=pad_id)
+    device = next(model.parameters()).device
+    if trie.edge_key.device != device:
+        trie.to(device)
+    encode = encode or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    trie_processor = TrieLogitsProcessor(trie)  # one per call: its -inf buffer is reused across batches
+    out: list[Recommendation] = []
+    bar = tqdm(total=len(prompts), desc="beam search", unit="prompt", disable=not progress)
+    for start in range(0, len(prompts), batch_size):
+        input_ids, attention_mask = _left_pad([encode(p) for p in prompts[start:start + batch_size]], pad_id, device)
+        trie_processor.reset()
+        processor = processor_factory() if processor_factory else trie_processor
+        with torch.inference_mode(), _fresh_generation_config(model):
+            gen = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                 logits_processor=LogitsProcessorList([processor]))
+        out.extend(_collect(trie, gen.sequences[:, input_ids.shape[1]:], gen.sequences_scores, num_beams, k))
+        bar.update(input_ids.shape[0])
+    bar.close()
+    if trie_processor.dead_rows:
+        logger.debug("%d beam rows (fillers) reached a prefix outside the catalog", trie_processor.dead_rows)
+    return out
+
+
+def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    if not all(batch):
+        raise ValueError("a prompt encodes to no tokens; every prompt needs at least one token")
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(ids)
+        attention_mask[i, width - len(ids):] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _collect(trie: SIDTrie, generated: torch.Tensor, scores: torch.Tensor, num_beams: int, k: int):
+    """Group returned beams per prompt, map them to items, drop fillers and duplicates, keep the best `k`."""
+    found = trie.lookup(generated)
+    scores = scores.float().tolist()
+    recs = []
+    for p in range(len(found) // num_beams):
+        rec, seen = Recommendation([], []), set()
+        for j in range(p * num_beams, (p + 1) * num_beams):
+            if not scores[j] > _FILLER_SCORE:  # filler beam or dead end (also catches NaN)
+                continue
+            if found[j] is None:
+                rec.invalid += 1
+            elif found[j] not in seen and len(rec.items) < k:
+                seen.add(found[j])
+                rec.items.append(trie.item_ids[found[j]])
+                rec.scores.append(scores[j])
+        recs.append(rec)
+    return recs
