@@ -80,11 +80,19 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = make_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    argv = sys.argv[1:] if argv is None else list(argv)
+    verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    rest = argv[1:] if verbose else argv
+    if rest and rest[0] in DELEGATED:
+        # argparse.REMAINDER does not capture leading options, so delegated commands get their argv verbatim
+        func, args = _delegate(DELEGATED[rest[0]][0]), argparse.Namespace(rest=rest[1:])
+    else:
+        args = make_parser().parse_args(argv)
+        func = args.func
     try:
-        args.func(args)
+        func(args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         logging.getLogger("genrec").error("%s", e)
         sys.exit(2)
