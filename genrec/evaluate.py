@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,20 +31,11 @@ from genrec.data import read_split
 from genrec.decoding import SIDTrie, recommend
 from genrec.evaluation import KS, write_results
 from genrec.sid import load_sids, sid_string
+from genrec.tasks import encode_prompt, sid_history_prompt
 
 logger = logging.getLogger(__name__)
 
 PromptFn = Callable[[list[str]], str]
-
-
-def sid_history_prompt(history_sids: list[str]) -> str:
-    """The default next-item prompt over a history of SID strings, oldest first.
-
-    Example:
-        >>> sid_history_prompt(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"])
-        'User history: <a_1><b_2><c_3>, <a_4><b_5><c_6>. Next item:'
-    """
-    return f"User history: {', '.join(history_sids)}. Next item:"
 
 
 @dataclass
@@ -127,6 +119,8 @@ def evaluate_model(
         raise ValueError(f"split {split!r} has no rows to evaluate")
     trie = SIDTrie.from_sids(sids, tokenizer)
     prompts = build_prompts(rows, sids, prompt_fn)
+    if encode_fn is None:  # the exact prompt tokens training used (chat template when the model has one)
+        encode_fn = functools.partial(encode_prompt, tokenizer)
     was_training = model.training
     model.eval()
     start = time.perf_counter()
@@ -171,6 +165,25 @@ def main(argv: list[str] | None = None) -> dict:
     return evaluate_checkpoint(args.run_dir, args.checkpoint, split=args.split, beam=args.beam,
                                batch_size=args.batch_size, max_rows=args.max_rows, out_dir=args.out,
                                device=args.device)
+
+
+@dataclass
+class EvaluateStageConfig:
+    split: str = field(default="test", metadata={"help": "Split the pipeline's evaluate stage scores."})
+    beam: int = field(default=20, metadata={"help": "Beam width (20 is the benchmark protocol)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
+    max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows (smoke runs)."})
+
+    def __post_init__(self):
+        EvaluateArgs(run_dir=".", split=self.split, beam=self.beam, batch_size=self.batch_size,
+                     max_rows=self.max_rows)  # same checks as the CLI
+        if self.split not in ("train", "valid", "test"):
+            raise ValueError(f"evaluate.split={self.split!r}: use train, valid or test")
+
+
+def run_evaluate_stage(run_dir: Path, cfg: EvaluateStageConfig) -> None:
+    """The pipeline's `evaluate` stage: score <run_dir>/checkpoints/sft on a split -> eval/<split>/metrics.json."""
+    evaluate_checkpoint(run_dir, split=cfg.split, beam=cfg.beam, batch_size=cfg.batch_size, max_rows=cfg.max_rows)
 
 
 if __name__ == "__main__":

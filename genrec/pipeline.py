@@ -51,6 +51,10 @@ STAGES: dict[str, Stage] = {
               ("sids.json", "sid_report.json"), ("embed",)),
         Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe",
               ("token_semantics.json",), ("quantize",)),
+        Stage("sft", "genrec.sft:SFTStageConfig", "genrec.sft:run_sft_stage",
+              ("checkpoints/sft/config.json", "checkpoints/sft/sids.json"), ("describe",)),
+        Stage("evaluate", "genrec.evaluate:EvaluateStageConfig", "genrec.evaluate:run_evaluate_stage",
+              ("eval/{split}/metrics.json",), ("sft",)),
     ]
 }
 
@@ -125,13 +129,19 @@ def _record_path(run_dir: Path, stage: str) -> Path:
     return run_dir / ".genrec" / f"{stage}.json"
 
 
+def stage_outputs(stage: str, config: dict) -> list[str]:
+    """A stage's output paths; "{field}" in a path is filled from the stage's config (e.g. eval/{split}/...)."""
+    return [out.format(**config) for out in STAGES[stage].outputs]
+
+
 def is_done(run_dir: Path, stage: str, fingerprint: str) -> bool:
-    rec = _record_path(run_dir, stage)
-    if not rec.exists():
+    rec_path = _record_path(run_dir, stage)
+    if not rec_path.exists():
         return False
-    if read_json(rec).get("fingerprint") != fingerprint:
+    rec = read_json(rec_path)
+    if rec.get("fingerprint") != fingerprint:
         return False
-    return all((run_dir / out).exists() for out in STAGES[stage].outputs)
+    return all((run_dir / out).exists() for out in stage_outputs(stage, rec.get("config", {})))
 
 
 def run_stage(cfg: PipelineConfig, run_dir: Path, stage: str, force: bool = False) -> bool:
