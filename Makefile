@@ -17,6 +17,8 @@ setup: $(STAMP)
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/genrec pipeline configs/pipeline/demo.yaml --run-dir runs/demo
+	for b in popularity cooc knn; do HF_HUB_OFFLINE=1 $(BIN)/genrec baseline $$b --run-dir runs/demo || exit 1; done
+	$(BIN)/genrec report --run-dir runs/demo
 
 industrial: setup
 	HF_HUB_OFFLINE=1 $(BIN)/genrec pipeline configs/pipeline/industrial-cpu.yaml --run-dir runs/industrial-cpu

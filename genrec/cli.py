@@ -5,6 +5,7 @@
 
     genrec evaluate ...          (genrec.evaluate: constrained beam search over a split)
     genrec baseline NAME ...     (genrec.baselines: popularity, sasrec, knn, cooc)
+    genrec report --run-dir DIR  (genrec.report: one table of every metrics.json in a run)
 
 Sub-commands that own a module take their arguments from that module's `main(argv)`, so
 `genrec evaluate --help` shows the module's own options.
@@ -40,6 +41,7 @@ def cmd_stage(args) -> None:
 DELEGATED = {
     "evaluate": ("genrec.evaluate:main", "evaluate a checkpoint with trie-constrained beam search"),
     "baseline": ("genrec.baselines:main", "run a baseline (popularity, sasrec, knn, cooc) in the same harness"),
+    "report": ("genrec.report:main", "print one table of every metrics.json in a run directory"),
 }
 
 
