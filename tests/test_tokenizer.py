@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from genrec.tokenizer import QuantizeConfig, count_collisions, level_usage, resolve_collisions, run_quantize
-from genrec.tokenizer.rqvae import load_rqvae
 
 from genrec.io import read_json, write_json, write_npy
 from genrec.sid import load_sids
+from genrec.tokenizer import QuantizeConfig, count_collisions, level_usage, resolve_collisions, run_quantize
+from genrec.tokenizer.rqvae import load_rqvae
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 # Small and fast: a few hundred points, codebooks of 16, a short training run.
