@@ -53,7 +53,7 @@ from genrec.tasks import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASK_MIX = {task: 1.0 for task in TASKS}
+DEFAULT_TASK_MIX = {task: 0.0 if task == "seq_knn" else 1.0 for task in TASKS}  # TS-Rec's six tasks
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 _UNSET_OUTPUT_DIR = "trainer_output"  # what TrainingArguments puts in output_dir when none is given
 
@@ -79,6 +79,9 @@ class GenRecSFTArguments:
     max_history: int = field(default=10, metadata={"help": "History items in a next-item prompt (the latest)."})
     max_title_words: int = field(default=20, metadata={"help": "Titles are cut to this many words."})
     max_description_words: int = field(default=40, metadata={"help": "Token descriptions are cut to this many words."})
+    knn_neighbours: int = field(
+        default=5, metadata={"help": "seq_knn: nearest items (by item_emb.npy) per item that serve as next items."}
+    )
     sid_softmax: bool = field(
         default=True,
         metadata={"help": "At positions whose label is a SID token, normalise over SID tokens only (constrained "
@@ -125,7 +128,7 @@ class GenRecSFTArguments:
         return Path(self.run_dir) / "checkpoints" / "sft"
 
     def task_options(self) -> TaskOptions:
-        return TaskOptions(self.max_history, self.max_title_words, self.max_description_words)
+        return TaskOptions(self.max_history, self.max_title_words, self.max_description_words, self.knn_neighbours)
 
 
 # ----------------------------------------------------------------------------- LM head at label positions
@@ -239,7 +242,8 @@ class GenRecSFTTrainer(SFTTrainer):
         start, was_training = time.time(), model.training
         model.eval()
         # apply_padding: equal shards, so ranks run the same number of forward passes (needed under ZeRO-3)
-        with self.accelerator.split_between_processes(self.ranking_rows, apply_padding=True) as shard:
+        autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16))
+        with self.accelerator.split_between_processes(self.ranking_rows, apply_padding=True) as shard, autocast:
             recs = recommend(model, self.processing_class, [p for p, _ in shard], self._trie, k=self.num_beams,
                              num_beams=self.num_beams, batch_size=self.args.per_device_eval_batch_size,
                              encode=functools.partial(encode_prompt, self.processing_class))

@@ -10,9 +10,12 @@ Six tasks, each with its prompt template in ``genrec/prompts/<task>.txt``:
 | `sid2title`  | an item's SID                           | its title           |
 | `token2desc` | one SID token (TS-Align)                | its cluster's description |
 | `desc2token` | a token's description (TS-Align)        | the SID token       |
+| `seq_knn`    | a one-item SID history                  | SID of a content neighbour |
 
 `seq_sid` rows come from ``splits/train.jsonl``; `seq_title` uses the same rows; the item tasks use every
-item of ``sids.json``; the TS-Align tasks every token of ``token_semantics.json``. Each example is tokenized
+item of ``sids.json``; the TS-Align tasks every token of ``token_semantics.json``. `seq_knn` carries the content
+signal into the next-item format itself: for every item, its nearest items by text embedding (``item_emb.npy``
+of the embed stage) as pseudo next items, with the same prompt as `seq_sid` (so it needs no template). Each example is tokenized
 once by `encode_example`: prompt tokens (the model's chat template when it has one) then response tokens and
 EOS, with ``labels`` = -100 on the prompt, so the loss covers the response only. Inference builds its prompt
 tokens with the same `encode_prompt`, and the next-item prompt with the same `sid_history_prompt`.
@@ -29,7 +32,7 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -38,7 +41,7 @@ from genrec.sid import load_sids, sid_string
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("seq_sid", "seq_title", "title2sid", "sid2title", "token2desc", "desc2token")
+TASKS = ("seq_sid", "seq_title", "title2sid", "sid2title", "token2desc", "desc2token", "seq_knn")
 # Tasks that teach what SIDs mean rather than what comes next; a curriculum can run them first.
 ALIGN_TASKS = ("title2sid", "sid2title", "token2desc", "desc2token")
 HISTORY_SEPARATOR = ", "
@@ -47,8 +50,8 @@ HISTORY_SEPARATOR = ", "
 @functools.cache
 def template(task: str) -> str:
     """The prompt template of a task (``genrec/prompts/<task>.txt``), a `str.format` pattern."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+    if task not in TASKS or task == "seq_knn":
+        raise ValueError(f"no template for task {task!r}; templated tasks are {', '.join(TASKS[:-1])}")
     return resources.files("genrec").joinpath("prompts", f"{task}.txt").read_text(encoding="utf-8").strip()
 
 
@@ -72,9 +75,10 @@ class Catalog:
     titles: dict[str, str]  # item_id -> title
     sids: dict[str, str]  # item_id -> SID string
     semantics: dict[str, dict]  # SID token -> {"description": ..., ...}; empty without token_semantics.json
+    neighbours: dict[str, list[str]] = field(default_factory=dict)  # item_id -> nearest items, closest first
 
     @classmethod
-    def load(cls, run_dir: str | Path) -> Catalog:
+    def load(cls, run_dir: str | Path, knn_neighbours: int = 0) -> Catalog:
         run_dir = Path(run_dir)
         codes = load_sids(run_dir / "sids.json")
         titles = {it["item_id"]: it["title"] for it in read_items(run_dir)}
@@ -86,7 +90,8 @@ class Catalog:
             from genrec.describe import load_token_semantics
 
             semantics = load_token_semantics(run_dir)
-        return cls(titles, {iid: sid_string(c) for iid, c in codes.items()}, semantics)
+        neighbours = content_neighbours(run_dir, list(codes), knn_neighbours) if knn_neighbours else {}
+        return cls(titles, {iid: sid_string(c) for iid, c in codes.items()}, semantics, neighbours)
 
 
 @dataclass
@@ -96,6 +101,7 @@ class TaskOptions:
     max_history: int = 10
     max_title_words: int = 20
     max_description_words: int = 40
+    knn_neighbours: int = 5
 
 
 def _history_examples(task: str, rows: list[dict], catalog: Catalog, opts: TaskOptions) -> list[dict]:
@@ -129,7 +135,35 @@ def build_task_examples(task: str, catalog: Catalog, rows: list[dict], opts: Tas
         if task == "token2desc":
             return [{"prompt": template(task).format(token=tok), "completion": d} for tok, d in pairs]
         return [{"prompt": template(task).format(description=d), "completion": tok} for tok, d in pairs]
+    if task == "seq_knn":
+        if not catalog.neighbours:
+            raise ValueError("task seq_knn needs item neighbours: load the catalog with Catalog.load(run_dir, "
+                             "knn_neighbours=k) after the embed stage, or set its ratio to 0 in task_mix")
+        return [{"prompt": sid_history_prompt([catalog.sids[iid]]), "completion": catalog.sids[nb]}
+                for iid, nbs in catalog.neighbours.items() for nb in nbs[: opts.knn_neighbours]]
     raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
+
+
+def content_neighbours(run_dir: str | Path, item_ids: Sequence[str], k: int) -> dict[str, list[str]]:
+    """Each item's `k` nearest other items by cosine similarity of the embed stage's item embeddings."""
+    import numpy as np
+    import torch
+
+    from genrec.encoders import load_item_embeddings
+
+    ids, emb = load_item_embeddings(Path(run_dir))
+    row = {iid: i for i, iid in enumerate(ids)}
+    missing = [iid for iid in item_ids if iid not in row]
+    if missing:
+        raise ValueError(f"{run_dir}/item_emb.npy lacks items {missing[:5]}; re-run the embed stage")
+    vecs = torch.nn.functional.normalize(torch.from_numpy(np.asarray(emb[[row[i] for i in item_ids]])), dim=1)
+    out = {}
+    for start in range(0, len(item_ids), 1024):
+        sims = vecs[start:start + 1024] @ vecs.T
+        sims[torch.arange(sims.shape[0]), torch.arange(start, start + sims.shape[0])] = -2.0  # not itself
+        top = sims.topk(min(k, len(item_ids) - 1), dim=1).indices.tolist()
+        out.update({item_ids[start + r]: [item_ids[j] for j in js] for r, js in enumerate(top)})
+    return out
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -218,7 +252,7 @@ def build_sft_dataset(run_dir: str | Path, tokenizer, mix: dict[str, float], opt
     """
     from datasets import Dataset
 
-    catalog = Catalog.load(run_dir)
+    catalog = Catalog.load(run_dir, opts.knn_neighbours if mix.get("seq_knn", 0) > 0 else 0)
     rows = read_split(Path(run_dir), "train")
     examples, pools = [], {}
     for task in TASKS:

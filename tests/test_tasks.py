@@ -4,9 +4,10 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from genrec.io import write_json, write_jsonl
+from genrec.io import write_json, write_jsonl, write_npy
 from genrec.sid import sid_string
 from genrec.tasks import (
     ALIGN_TASKS,
@@ -28,7 +29,8 @@ PRODUCTS = ["nitrile gloves", "safety glasses", "soldering iron", "solder wire",
 
 
 def make_run_dir(root: Path, n_items: int = 30, n_users: int = 24, seed: int = 0) -> Path:
-    """A tiny run directory: items, splits, hand-made 3-level SIDs and token_semantics.json (hand-written)."""
+    """A tiny run directory: items, splits, hand-made 3-level SIDs, token_semantics.json (hand-written) and item
+    embeddings in which items of the same product (i % 10) are each other's nearest neighbours."""
     rng = random.Random(seed)
     items = [{"item_id": str(i), "title": f"Brand{i % 3} {PRODUCTS[i % len(PRODUCTS)]} pack {i}",
               "description": f"{PRODUCTS[i % len(PRODUCTS)]} for the lab", "brand": f"Brand{i % 3}",
@@ -53,6 +55,9 @@ def make_run_dir(root: Path, n_items: int = 30, n_users: int = 24, seed: int = 0
             semantics[f"<{letter}_{code}>"] = {"level": level, "code": code, "items": members, "keywords": words,
                                                "description": "items about " + ", ".join(words)}
     write_json(root / "token_semantics.json", semantics)
+    emb = np.eye(len(PRODUCTS), 16)[[i % len(PRODUCTS) for i in range(n_items)]] + 0.01 * np.arange(n_items)[:, None]
+    write_npy(root / "item_emb.npy", emb.astype(np.float32))
+    write_json(root / "item_emb.json", {"item_ids": [it["item_id"] for it in items], "dim": 16})
     return root
 
 
@@ -89,9 +94,11 @@ def test_sid_history_prompt_lists_history_in_order():
     ("token2desc", "<b_3>", "items about "),
     # TS-Align: description -> token
     ("desc2token", "items about ", "<c_1>"),
+    # content neighbours as next items: item 0 -> item 10 (the same product)
+    ("seq_knn", sid_string([0, 0, 0]), sid_string([2, 2, 0])),
 ])
 def test_task_content(run_dir, task, prompt_has, completion):
-    catalog = Catalog.load(run_dir)
+    catalog = Catalog.load(run_dir, knn_neighbours=2)
     rows = [{"user_id": "u", "history": ["0"], "target": "7"}]
     examples = build_task_examples(task, catalog, rows, TaskOptions())
     if completion == "target_sid":
@@ -101,11 +108,17 @@ def test_task_content(run_dir, task, prompt_has, completion):
 
 
 def test_task_pool_sizes(run_dir):
-    catalog = Catalog.load(run_dir)
+    catalog = Catalog.load(run_dir, knn_neighbours=4)
     rows = [{"user_id": "u", "history": ["0", "1"], "target": "2"}] * 3
-    sizes = {t: len(build_task_examples(t, catalog, rows, TaskOptions())) for t in TASKS}
-    assert sizes == {"seq_sid": 3, "seq_title": 3, "title2sid": 30, "sid2title": 30,
-                     "token2desc": len(catalog.semantics), "desc2token": len(catalog.semantics)}
+    sizes = {t: len(build_task_examples(t, catalog, rows, TaskOptions(knn_neighbours=2))) for t in TASKS}
+    assert sizes == {"seq_sid": 3, "seq_title": 3, "title2sid": 30, "sid2title": 30, "token2desc": 10,
+                     "desc2token": 10, "seq_knn": 60}
+
+
+def test_content_neighbours_closest_first(run_dir):
+    catalog = Catalog.load(run_dir, knn_neighbours=3)
+    assert catalog.neighbours["0"][:2] == ["10", "20"]  # same product; 10 is closer in the 0.01 * i offset
+    assert all(iid not in nbs for iid, nbs in catalog.neighbours.items())
 
 
 def test_history_is_cut_to_the_latest_items(run_dir):
@@ -161,10 +174,10 @@ def test_group_by_length_keeps_examples():
 
 def test_build_sft_dataset(run_dir, tokenizer):
     mix = {t: 1.0 for t in TASKS}
-    ds = build_sft_dataset(run_dir, tokenizer, mix, TaskOptions(), epochs=1, align_epochs=1)
+    ds = build_sft_dataset(run_dir, tokenizer, mix, TaskOptions(knn_neighbours=2), epochs=1, align_epochs=1)
     catalog = Catalog.load(run_dir)
     n_align = 2 * len(catalog.sids) + 2 * len(catalog.semantics)
-    assert len(ds) == n_align + n_align + 2 * 96  # the alignment pass, then one pass over all six tasks
+    assert len(ds) == n_align + n_align + 2 * 96 + 2 * 30  # the alignment pass, then one pass over every task
     assert set(ds.column_names) == {"input_ids", "labels", "task"}
     assert set(ds["task"][:n_align]) == set(ALIGN_TASKS)
     for ex in ds.select(range(20)):
