@@ -295,7 +295,7 @@ def lora_config(args: GenRecSFTArguments):
 
     return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
                       target_modules=args.lora_target_modules, task_type="CAUSAL_LM",
-                      modules_to_save=["embed_tokens", "lm_head"])
+                      modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
 
 
 def resolve_training_args(args: GenRecSFTArguments, training_args: SFTConfig) -> SFTConfig:

@@ -15,7 +15,14 @@ import torch.nn.functional as F
 import yaml
 from test_tasks import make_run_dir
 
-from genrec.sft import GenRecSFTArguments, SFTStageConfig, add_sid_head, label_nll, parse_sft_config
+from genrec.sft import (
+    GenRecSFTArguments,
+    SFTStageConfig,
+    add_sid_head,
+    label_nll,
+    parse_sft_config,
+    run_sft_stage,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -136,6 +143,19 @@ def test_two_process_cpu_run(run_dir, tmp_path):
     assert any("eval_HR@10" in entry for entry in state["log_history"])
     # 2 ranks x 4 rows per step: 4 steps cover 32 examples of the schedule
     assert state["log_history"][-1]["epoch"] == pytest.approx(32 / _schedule_length(run_dir), abs=0.01)
+
+
+def test_pipeline_stage_in_process_with_lora(run_dir, tmp_path):
+    """The pipeline's sft stage trains in this process; LoRA adapters are merged into a plain, still tied model."""
+    from genrec.modeling import load_model_and_tokenizer
+
+    overrides = {**TINY, "max_steps": 2, "eval_strategy": "no", "load_best_model_at_end": False, "use_lora": True,
+                 "output_dir": str(tmp_path / "ckpt")}
+    run_sft_stage(run_dir, SFTStageConfig(config=str(ROOT / "configs/sft/demo.yaml"), overrides=overrides))
+    model, tokenizer = load_model_and_tokenizer(run_dir / "checkpoints" / "sft")
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert json.loads((run_dir / "checkpoints/sft/genrec.json").read_text())["global_step"] == 2
 
 
 def _schedule_length(run_dir: Path) -> int:
