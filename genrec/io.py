@@ -89,3 +89,22 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
                 raise ValueError(f"{path}:{lineno}: expected a JSON object per line, got {type(rec).__name__}")
             records.append(rec)
     return records
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
+    """A YAML file that must hold a mapping (a config); errors name the file, the line and the fix."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ValueError(f"{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the {what}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a {what} must be a mapping of option: value, got {type(values).__name__}")
+    return values
+

@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from genrec.io import read_json, write_json
+from genrec.io import read_json, read_yaml_mapping, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +88,7 @@ class PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path) -> PipelineConfig:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"pipeline config {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping with one section per stage")
+    raw = read_yaml_mapping(path, "pipeline config")
     return pipeline_config_from_dict(raw, where=str(path))
 
 

@@ -424,15 +424,12 @@ SFT_DATACLASSES = (GenRecSFTArguments, ModelConfig, SFTConfig)
 
 def parse_sft_config(path: str | Path, overrides: dict | None = None):
     """(GenRecSFTArguments, ModelConfig, SFTConfig) from an SFT YAML, with `overrides` replacing its values."""
-    import yaml
     from trl import TrlParser
 
+    from genrec.io import read_yaml_mapping
+
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"SFT config {path} not found; pass a YAML from configs/sft/")
-    values = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a mapping of option: value")
+    values = read_yaml_mapping(path, "SFT config (see configs/sft/)")
     try:
         return TrlParser(SFT_DATACLASSES).parse_dict({**values, **(overrides or {})})
     except ValueError as e:

@@ -114,3 +114,15 @@ def test_real_stages_resume_on_a_small_synthetic_catalog(tmp_path):
 
     assert is_done(tmp_path, "quantize", fingerprints(cfg2)["quantize"])
     assert not is_done(tmp_path, "quantize", fingerprints(cfg)["quantize"])
+
+
+def test_broken_yaml_names_file_and_line(tmp_path):
+    from genrec.pipeline import load_pipeline_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data:\n  source: synthetic\n  seed: [1, 2\n")
+    with pytest.raises(ValueError, match=r"bad.yaml:\d+: not valid YAML"):
+        load_pipeline_config(bad)
+    bad.write_text("- data\n- embed\n")
+    with pytest.raises(ValueError, match="must be a mapping"):
+        load_pipeline_config(bad)
