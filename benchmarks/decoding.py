@@ -187,16 +187,20 @@ def bench_end_to_end(n_items: int, vocab_size: int, queries: int, batch_sizes: l
     for bs in batch_sizes:
         n = max(bs, (queries // bs) * bs)
         args = (model, tokenizer, prompts[:n], trie)
-        t_ours, t_ref = math.inf, math.inf
+        t_ours, t_gen, t_ref = math.inf, math.inf, math.inf
         for _ in range(repeats):
             t, ours = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs)
             t_ours = min(t, t_ours)
-            t, ref = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, processor_factory=reference)
+            t, gen = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, engine="generate")
+            t_gen = min(t, t_gen)
+            t, ref = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, engine="generate",
+                            processor_factory=reference)
             t_ref = min(t, t_ref)
-        identical &= [r.items for r in ours] == [r.items for r in ref]
+        identical &= [r.items for r in ours] == [r.items for r in ref] == [r.items for r in gen]
         max_diff = max([max_diff] + [abs(x - y) for a, b in zip(ours, ref) for x, y in zip(a.scores, b.scores)])
         valid = all(len(set(r.items)) == len(r.items) == 10 and r.invalid == 0 for r in ours)
-        rows.append({"batch": bs, "queries": n, "ms_per_query_reference": t_ref / n, "ms_per_query_trie": t_ours / n,
+        rows.append({"batch": bs, "queries": n, "ms_per_query_reference": t_ref / n,
+                     "ms_per_query_generate_trie": t_gen / n, "ms_per_query_genrec": t_ours / n,
                      "speedup": t_ref / t_ours, "all_10_distinct_valid": valid})
     return {"items": n_items, "vocab": len(tokenizer), "beam": 20, "k": 10, "model": "Qwen2 hidden 64, 2 layers",
             "topk_identical": identical, "max_abs_score_diff": max_diff, "by_batch": rows}
@@ -252,9 +256,10 @@ def print_table(results: dict) -> None:
     e = results["end_to_end"]
     print(f"\n(a)+(c) end to end, beam {e['beam']}, {e['items']:,} items, vocab {e['vocab']:,}, {e['model']}: "
           f"top-{e['k']} identical: {e['topk_identical']} (max |score diff| {e['max_abs_score_diff']:.2e})")
-    print(f"    {'batch':>5} {'reference ms/q':>15} {'trie ms/q':>10} {'speedup':>8}")
+    print(f"    {'batch':>5} {'reference ms/q':>15} {'generate+trie ms/q':>19} {'genrec ms/q':>12} {'speedup':>8}")
     for r in e["by_batch"]:
-        print(f"    {r['batch']:>5} {r['ms_per_query_reference']:>15.1f} {r['ms_per_query_trie']:>10.1f} "
+        print(f"    {r['batch']:>5} {r['ms_per_query_reference']:>15.1f} {r['ms_per_query_generate_trie']:>19.1f} "
+              f"{r['ms_per_query_genrec']:>12.1f} "
               f"{r['speedup']:>7.1f}x")
     print(f"\n(d) scale (masking at vocab {QWEN_VOCAB:,}, {results['masking']['rows']} rows)")
     header = [("items", 9), ("nodes", 9), ("build s", 8), ("tensors MB", 11), ("peak MB", 8), ("RSS+ MB", 8),

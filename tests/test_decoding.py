@@ -259,6 +259,58 @@ def test_recommend_ignores_the_checkpoint_generation_config(tmp_path):
     assert poisoned.generation_config.do_sample  # the model's own config is restored afterwards
 
 
+def exact_scores(model, tokenizer, prompt: str, sids: dict[str, list[int]]) -> dict[str, float]:
+    """Teacher-forced log p(SID tokens + EOS | prompt) of every catalog item: the ranking beam search approximates."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    out = {}
+    for item, codes in sids.items():
+        target = tokenizer.convert_tokens_to_ids(sid_tokens(codes)) + [EOS]
+        ids = torch.tensor([prompt_ids + target])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, len(prompt_ids) - 1:-1].float(), -1)
+        out[item] = float(logp[torch.arange(len(target)), torch.tensor(target)].sum())
+    return out
+
+
+@pytest.mark.parametrize("name", ["fixed", "variable"])
+def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name):
+    """With at least as many beams as items nothing is pruned, so the result must be the exact top-k by probability
+    (and for the variable-length catalog, better than generate, which drops finished SIDs outside its top beams)."""
+    sids = CATALOGS[name]
+    tokenizer = make_tokenizer(sids)
+    model = tiny_model(len(tokenizer), seed=5)
+    trie = SIDTrie.from_sids(sids, tokenizer)
+    prompts = prompts_for(sids, 3, seed=2)
+    recs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=len(sids), batch_size=2)
+    for prompt, rec in zip(prompts, recs):
+        exact = exact_scores(model, tokenizer, prompt, sids)
+        best = sorted(exact, key=exact.get, reverse=True)[:10]
+        assert rec.items == best
+        assert np.allclose(rec.scores, [exact[i] for i in best], atol=1e-4)
+
+
+def test_trie_engine_matches_generate_on_a_fixed_depth_catalog():
+    sids = CATALOGS["fixed"]
+    tokenizer = make_tokenizer(sids)
+    model = tiny_model(len(tokenizer), seed=5)
+    trie = SIDTrie.from_sids(sids, tokenizer)
+    prompts = prompts_for(sids, 7, seed=2)
+    ours = recommend(model, tokenizer, prompts, trie, k=10, num_beams=12, batch_size=3)
+    theirs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=12, batch_size=3, engine="generate")
+    assert [r.items for r in ours] == [r.items for r in theirs]
+    assert np.allclose([r.scores for r in ours], [r.scores for r in theirs], atol=1e-4)
+
+
+def test_recommend_rejects_unknown_engine_and_stray_processor():
+    sids = CATALOGS["fixed"]
+    tokenizer = make_tokenizer(sids)
+    model, trie = tiny_model(len(tokenizer)), SIDTrie.from_sids(sids, tokenizer)
+    with pytest.raises(ValueError, match="engine='beam'"):
+        recommend(model, tokenizer, ["x"], trie, engine="beam")
+    with pytest.raises(ValueError, match="only applies to engine='generate'"):
+        recommend(model, tokenizer, ["x"], trie, processor_factory=lambda: TrieLogitsProcessor(trie))
+
+
 def test_recommend_rejects_k_above_beam():
     sids = CATALOGS["fixed"]
     tokenizer = make_tokenizer(sids)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from genrec.decoding.trie import DEAD, SIDTrie
 
@@ -134,14 +135,19 @@ def recommend(
     batch_size: int = 16,
     progress: bool = False,
     encode: Callable[[str], list[int]] | None = None,
+    engine: str = "trie",
     processor_factory: Callable[[], LogitsProcessor] | None = None,
 ) -> list[Recommendation]:
     """Constrained beam search: up to `k` distinct catalog items per prompt with their log-probabilities.
 
     Prompts are encoded one by one (``encode(text)``; default: the tokenizer without special tokens, so no
-    [CLS]/[SEP] lands inside a prompt; pass the encoder training used, e.g. one that applies a chat template) and
-    left-padded into batches of `batch_size`.
-    `processor_factory` replaces the trie processor per batch (for benchmarks against other constraints).
+    [CLS]/[SEP] lands inside a prompt; pass the encoder training used, e.g. one that applies a chat template),
+    grouped by length and left-padded into batches of `batch_size`; results come back in prompt order.
+
+    `engine="trie"` (default) runs `trie_beam_search`: one prompt pass per prompt, then ``depth + 1`` one-token
+    steps over the beams. `engine="generate"` runs transformers' ``generate`` with a `TrieLogitsProcessor`
+    (same items and scores on fixed-depth catalogs; slower, it runs the prompt once per beam);
+    `processor_factory` replaces that processor per batch (for benchmarks against other constraints).
 
     Example:
         >>> recommend(model, tokenizer, prompts, trie, k=10, num_beams=20)[0].items  # doctest: +SKIP
@@ -153,28 +159,107 @@ def recommend(
                          "raise num_beams")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: must be >= 1")
+    if engine not in ("trie", "generate"):
+        raise ValueError(f"engine={engine!r}: use 'trie' (genrec's beam search) or 'generate' (transformers)")
+    if processor_factory is not None and engine != "generate":
+        raise ValueError("processor_factory only applies to engine='generate'")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
-    config = generation_config(trie, num_beams=num_beams, pad_token_id=pad_id)
     device = next(model.parameters()).device
     if trie.edge_key.device != device:
         trie.to(device)
     encode = encode or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    encoded = [encode(p) for p in prompts]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
+    config = generation_config(trie, num_beams=num_beams, pad_token_id=pad_id)
     trie_processor = TrieLogitsProcessor(trie)  # one per call: its -inf buffer is reused across batches
-    out: list[Recommendation] = []
+    out: list[Recommendation | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc="beam search", unit="prompt", disable=not progress)
-    for start in range(0, len(prompts), batch_size):
-        input_ids, attention_mask = _left_pad([encode(p) for p in prompts[start:start + batch_size]], pad_id, device)
-        trie_processor.reset()
-        processor = processor_factory() if processor_factory else trie_processor
-        with torch.inference_mode(), _fresh_generation_config(model):
-            gen = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                 logits_processor=LogitsProcessorList([processor]))
-        out.extend(_collect(trie, gen.sequences[:, input_ids.shape[1]:], gen.sequences_scores, num_beams, k))
-        bar.update(input_ids.shape[0])
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id, device)
+        if engine == "trie":
+            items, scores = trie_beam_search(model, input_ids, attention_mask, trie, num_beams=num_beams)
+            recs = _collect_items(trie, items, scores, k)
+        else:
+            trie_processor.reset()
+            processor = processor_factory() if processor_factory else trie_processor
+            with torch.inference_mode(), _fresh_generation_config(model):
+                gen = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                     logits_processor=LogitsProcessorList([processor]))
+            recs = _collect(trie, gen.sequences[:, input_ids.shape[1]:], gen.sequences_scores, num_beams, k)
+        for i, rec in zip(idx, recs, strict=True):
+            out[i] = rec
+        bar.update(len(idx))
     bar.close()
     if trie_processor.dead_rows:
         logger.debug("%d beam rows (fillers) reached a prefix outside the catalog", trie_processor.dead_rows)
     return out
+
+
+@torch.inference_mode()
+def trie_beam_search(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: SIDTrie, *, num_beams: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search over the trie's SIDs for a left-padded batch; returns ``(items, scores)``, both ``(batch, beams)``.
+
+    ``items`` holds indices into ``trie.item_ids`` (-1 where fewer than `num_beams` items were reachable, with score
+    ``-inf``), best first; ``scores`` are total log-probabilities of the SID tokens plus the closing EOS, the
+    quantity transformers' beam search ranks by with ``length_penalty=0``.
+
+    Unlike ``generate`` with ``num_beams`` (which copies every prompt `num_beams` times before the first forward
+    pass), the prompt runs once per row; its KV cache is then gathered into the beams. Each step scores only the
+    tokens the trie allows (a hypothesis that takes EOS at a complete SID is finished), keeps the best `num_beams`
+    unfinished hypotheses per prompt, and stops after ``depth + 1`` tokens, so every returned item is real.
+    """
+    batch, device = input_ids.shape[0], input_ids.device
+    prompt_rows = torch.arange(batch, device=device)
+    cache = DynamicCache()
+    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                   past_key_values=cache, use_cache=True, **kwargs).logits[:, -1]
+    width = 1  # live hypotheses per prompt (rows are prompt-major: row = prompt * width + beam)
+    state = torch.zeros(batch, dtype=torch.int64, device=device)  # trie root
+    total = torch.zeros(batch, device=device)
+    finished_scores, finished_items = [], []
+    for step in range(trie.depth + 1):
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        rows, tokens = trie.allowed(state)
+        cand = logp[rows, tokens] + total[rows]
+        eos = tokens == trie.eos_token_id
+        done = torch.full_like(total, -math.inf)  # each row has at most one EOS candidate
+        done[rows[eos]] = cand[eos]
+        item = torch.where(state >= 0, trie.node_item[state.clamp(min=0)], -1)
+        finished_scores.append(done.view(batch, width))
+        finished_items.append(torch.where(torch.isfinite(done), item, -1).view(batch, width))
+        if step == trie.depth or bool(eos.all()):
+            break
+        masked = torch.full_like(logp, -math.inf)
+        masked[rows[~eos], tokens[~eos]] = cand[~eos]
+        vocab = masked.shape[-1]
+        total, flat = masked.view(batch, width * vocab).topk(min(num_beams, width * vocab), dim=-1)
+        src = (flat // vocab + prompt_rows[:, None] * width).flatten()
+        token = (flat % vocab).flatten()
+        total = total.flatten()
+        state = torch.where(torch.isfinite(total), trie.child(state[src], token), DEAD)
+        cache.reorder_cache(src)
+        attention_mask = torch.cat([attention_mask[src], attention_mask.new_ones(src.shape[0], 1)], dim=1)
+        width = flat.shape[1]
+        logits = model(input_ids=token[:, None], attention_mask=attention_mask,
+                       position_ids=attention_mask.long().sum(-1, keepdim=True) - 1,
+                       past_key_values=cache, use_cache=True).logits[:, -1]
+    scores = torch.cat(finished_scores, dim=1)
+    items = torch.cat(finished_items, dim=1)
+    best, pos = scores.topk(min(num_beams, scores.shape[1]), dim=-1)
+    return torch.where(torch.isfinite(best), items.gather(1, pos), -1), best
+
+
+def _collect_items(trie: SIDTrie, items: torch.Tensor, scores: torch.Tensor, k: int) -> list[Recommendation]:
+    recs = []
+    for row_items, row_scores in zip(items.tolist(), scores.float().tolist(), strict=True):
+        keep = [(i, s) for i, s in zip(row_items, row_scores, strict=True) if i >= 0][:k]
+        recs.append(Recommendation([trie.item_ids[i] for i, _ in keep], [s for _, s in keep]))
+    return recs
 
 
 def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

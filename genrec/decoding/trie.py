@@ -164,14 +164,14 @@ class SIDTrie:
             tok = generated[:, step].to(torch.int64)
             live = (state >= 0) & (tok >= 0)
             node = state.clamp(min=0)
-            child = self._child(node, tok)
+            child = self.child(node, tok)
             closes = live & (tok == self.eos_token_id) & self.node_terminal[node]
             item = torch.where(closes, self.node_item[node], item)
             nxt = torch.where(closes, DONE, torch.where(child >= 0, child, DEAD))
             state = torch.where(live, nxt, state)
         return state, item
 
-    def _child(self, node: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
+    def child(self, node: torch.Tensor, tok: torch.Tensor) -> torch.Tensor:
         """Child node of (node, token) per row, or -1."""
         in_range = (tok >= 0) & (tok < self.key_base)
         key = node * self.key_base + tok.clamp(0, self.key_base - 1)
