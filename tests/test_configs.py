@@ -11,7 +11,7 @@ import yaml
 from trl import TrlParser
 
 from genrec.pipeline import from_dict, load_pipeline_config
-from genrec.sft import SFT_DATACLASSES
+from genrec.sft import SFT_DATACLASSES, parse_sft_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -44,6 +44,10 @@ def test_sft_config(path):
 def test_pipeline_config(path):
     cfg = load_pipeline_config(path)
     assert cfg.stages
+    sft = cfg.config("sft")  # the SFT YAML it names exists and its overrides are real options
+    script_args, model_args, _ = parse_sft_config(CONFIGS.parent / sft.config, sft.overrides)
+    for key, value in sft.overrides.items():
+        assert getattr(script_args, key, getattr(model_args, key, value)) == value
 
 
 @pytest.mark.parametrize("path", _files("tokenizer", ".yaml"), ids=lambda p: p.name)
