@@ -6,7 +6,9 @@ prefix up in a dict ``prefix tuple -> allowed token ids``. Both run on the same 
   (a) the top-K items (and scores) of both are identical;
   (b) the masking step alone at vocabulary 152,064 (Qwen size) for 640 rows (batch 32 x beam 20), plus the
       vectorised alternative that rewrites the whole rows x vocab tensor each step;
-  (c) end-to-end ms/query at batch 1, 8 and 32 with beam 20 on a small random Qwen2;
+  (c) end-to-end ms/query at batch 1, 8 and 32 with beam 20 on a small random Qwen2: the reference, transformers'
+      generate with genrec's trie processor, genrec's own beam search (one prompt pass per prompt) with the
+      full-vocabulary softmax (identical top-K to the reference), and with the default SID-token softmax;
   (d) scale: build time, memory and per-step time of the trie for 10^4, 10^5 and 10^6 synthetic items.
 
 Run (about 1 minute on 2 CPU cores; --quick about 40 s; --threads 1 gives stable figures on a shared machine):
@@ -187,21 +189,24 @@ def bench_end_to_end(n_items: int, vocab_size: int, queries: int, batch_sizes: l
     for bs in batch_sizes:
         n = max(bs, (queries // bs) * bs)
         args = (model, tokenizer, prompts[:n], trie)
-        t_ours, t_gen, t_ref = math.inf, math.inf, math.inf
+        t_ours, t_sid, t_gen, t_ref = math.inf, math.inf, math.inf, math.inf
         for _ in range(repeats):
-            t, ours = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs)
+            t, ours = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, softmax="full")
             t_ours = min(t, t_ours)
-            t, gen = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, engine="generate")
+            t, sid = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs)  # default: SID softmax
+            t_sid = min(t, t_sid)
+            t, gen = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, engine="generate", softmax="full")
             t_gen = min(t, t_gen)
             t, ref = _timed(recommend, *args, k=10, num_beams=20, batch_size=bs, engine="generate",
-                            processor_factory=reference)
+                            softmax="full", processor_factory=reference)
             t_ref = min(t, t_ref)
         identical &= [r.items for r in ours] == [r.items for r in ref] == [r.items for r in gen]
         max_diff = max([max_diff] + [abs(x - y) for a, b in zip(ours, ref) for x, y in zip(a.scores, b.scores)])
-        valid = all(len(set(r.items)) == len(r.items) == 10 and r.invalid == 0 for r in ours)
+        valid = all(len(set(r.items)) == len(r.items) == 10 and r.invalid == 0 for r in ours + sid)
         rows.append({"batch": bs, "queries": n, "ms_per_query_reference": t_ref / n,
                      "ms_per_query_generate_trie": t_gen / n, "ms_per_query_genrec": t_ours / n,
-                     "speedup": t_ref / t_ours, "all_10_distinct_valid": valid})
+                     "ms_per_query_genrec_sid_softmax": t_sid / n, "speedup": t_ref / t_ours,
+                     "speedup_sid_softmax": t_ref / t_sid, "all_10_distinct_valid": valid})
     return {"items": n_items, "vocab": len(tokenizer), "beam": 20, "k": 10, "model": "Qwen2 hidden 64, 2 layers",
             "topk_identical": identical, "max_abs_score_diff": max_diff, "by_batch": rows}
 
@@ -256,11 +261,12 @@ def print_table(results: dict) -> None:
     e = results["end_to_end"]
     print(f"\n(a)+(c) end to end, beam {e['beam']}, {e['items']:,} items, vocab {e['vocab']:,}, {e['model']}: "
           f"top-{e['k']} identical: {e['topk_identical']} (max |score diff| {e['max_abs_score_diff']:.2e})")
-    print(f"    {'batch':>5} {'reference ms/q':>15} {'generate+trie ms/q':>19} {'genrec ms/q':>12} {'speedup':>8}")
+    print(f"    {'batch':>5} {'reference ms/q':>15} {'generate+trie ms/q':>19} {'genrec ms/q':>12} {'speedup':>8} "
+          f"{'genrec SID-softmax ms/q':>24} {'speedup':>8}")
     for r in e["by_batch"]:
         print(f"    {r['batch']:>5} {r['ms_per_query_reference']:>15.1f} {r['ms_per_query_generate_trie']:>19.1f} "
-              f"{r['ms_per_query_genrec']:>12.1f} "
-              f"{r['speedup']:>7.1f}x")
+              f"{r['ms_per_query_genrec']:>12.1f} {r['speedup']:>7.1f}x "
+              f"{r['ms_per_query_genrec_sid_softmax']:>24.1f} {r['speedup_sid_softmax']:>7.1f}x")
     print(f"\n(d) scale (masking at vocab {QWEN_VOCAB:,}, {results['masking']['rows']} rows)")
     header = [("items", 9), ("nodes", 9), ("build s", 8), ("tensors MB", 11), ("peak MB", 8), ("RSS+ MB", 8),
               ("ms/step", 8)]

@@ -1,6 +1,6 @@
 """`genrec evaluate`: trie-constrained beam search of a checkpoint over a split, scored with HR@K and NDCG@K.
 
-    genrec evaluate --run-dir runs/demo [--checkpoint DIR] [--split test] [--beam 20] [--batch-size 16]
+    genrec evaluate --run-dir runs/demo [--checkpoint DIR] [--split test] [--beam 20] [--batch-size 16] [--softmax sid]
                     [--max-rows N] [--out DIR]
 
 The checkpoint (default ``<run-dir>/checkpoints/sft``, HF ``save_pretrained`` format) and its tokenizer load with
@@ -46,7 +46,12 @@ class EvaluateArgs:
     )
     split: str = field(default="test", metadata={"help": "Split to evaluate: train, valid or test."})
     beam: int = field(default=20, metadata={"help": "Beam width; the top min(20, beam) items are kept per row."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call (each expands to beam rows)."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per beam-search batch."})
+    softmax: str = field(
+        default="sid",
+        metadata={"help": "Score SID tokens with a softmax over SID tokens ('sid', as SFT trains with sid_softmax) "
+                  "or over the whole vocabulary ('full')."},
+    )
     max_rows: int | None = field(default=None, metadata={"help": "Evaluate only the first N rows (quick checks)."})
     out: str | None = field(default=None, metadata={"help": "Output directory; default <run-dir>/eval/<split>."})
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda when available, else cpu."})
@@ -58,6 +63,8 @@ class EvaluateArgs:
             raise ValueError(f"--batch-size {self.batch_size}: must be >= 1")
         if self.max_rows is not None and self.max_rows < 1:
             raise ValueError(f"--max-rows {self.max_rows}: must be >= 1 (or leave it out for the whole split)")
+        if self.softmax not in ("sid", "full"):
+            raise ValueError(f"--softmax {self.softmax}: use sid or full")
 
 
 def evaluate_checkpoint(
@@ -67,6 +74,7 @@ def evaluate_checkpoint(
     split: str = "test",
     beam: int = 20,
     batch_size: int = 16,
+    softmax: str = "sid",
     max_rows: int | None = None,
     out_dir: str | Path | None = None,
     prompt_fn: PromptFn = sid_history_prompt,
@@ -95,7 +103,7 @@ def evaluate_checkpoint(
     model = AutoModelForCausalLM.from_pretrained(checkpoint).to(device)
     out_dir = Path(out_dir) if out_dir else run_dir / "eval" / split
     return evaluate_model(model, tokenizer, sids, rows, out_dir, split=split, beam=beam, batch_size=batch_size,
-                          prompt_fn=prompt_fn, encode_fn=encode_fn, progress=progress,
+                          softmax=softmax, prompt_fn=prompt_fn, encode_fn=encode_fn, progress=progress,
                           extra={"checkpoint": str(checkpoint)})
 
 
@@ -109,6 +117,7 @@ def evaluate_model(
     split: str,
     beam: int = 20,
     batch_size: int = 16,
+    softmax: str = "sid",
     prompt_fn: PromptFn = sid_history_prompt,
     encode_fn: Callable[[str], list[int]] | None = None,
     progress: bool = True,
@@ -126,7 +135,7 @@ def evaluate_model(
     start = time.perf_counter()
     try:
         recs = recommend(model, tokenizer, prompts, trie, k=min(max(KS), beam), num_beams=beam,
-                         batch_size=batch_size, progress=progress, encode=encode_fn)
+                         batch_size=batch_size, progress=progress, encode=encode_fn, softmax=softmax)
     finally:
         model.train(was_training)
     seconds = time.perf_counter() - start
@@ -135,7 +144,7 @@ def evaluate_model(
     metrics = write_results(
         Path(out_dir), rows, [r.items for r in recs], scores=[r.scores for r in recs], method="genrec",
         split=split, seconds=seconds, beam=beam, invalid=invalid,
-        extra={"short_rows": short, "catalog_items": trie.num_items, **(extra or {})},
+        extra={"softmax": softmax, "short_rows": short, "catalog_items": trie.num_items, **(extra or {})},
     )
     logger.info("%s: HR@10 %.4f NDCG@10 %.4f invalid %d (%.1f s) -> %s", split, metrics["HR@10"],
                 metrics["NDCG@10"], invalid, seconds, out_dir)
@@ -163,7 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
         argv = argv[1:]
     (args,) = make_parser().parse_args_into_dataclasses(args=argv)
     return evaluate_checkpoint(args.run_dir, args.checkpoint, split=args.split, beam=args.beam,
-                               batch_size=args.batch_size, max_rows=args.max_rows, out_dir=args.out,
+                               batch_size=args.batch_size, softmax=args.softmax, max_rows=args.max_rows,
+                               out_dir=args.out,
                                device=args.device)
 
 
@@ -171,19 +181,21 @@ def main(argv: list[str] | None = None) -> dict:
 class EvaluateStageConfig:
     split: str = field(default="test", metadata={"help": "Split the pipeline's evaluate stage scores."})
     beam: int = field(default=20, metadata={"help": "Beam width (20 is the benchmark protocol)."})
-    batch_size: int = field(default=16, metadata={"help": "Prompts per generate() call."})
+    batch_size: int = field(default=16, metadata={"help": "Prompts per beam-search batch."})
+    softmax: str = field(default="sid", metadata={"help": "SID-token scoring: 'sid' or 'full' (see genrec evaluate)."})
     max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows (smoke runs)."})
 
     def __post_init__(self):
         EvaluateArgs(run_dir=".", split=self.split, beam=self.beam, batch_size=self.batch_size,
-                     max_rows=self.max_rows)  # same checks as the CLI
+                     softmax=self.softmax, max_rows=self.max_rows)  # same checks as the CLI
         if self.split not in ("train", "valid", "test"):
             raise ValueError(f"evaluate.split={self.split!r}: use train, valid or test")
 
 
 def run_evaluate_stage(run_dir: Path, cfg: EvaluateStageConfig) -> None:
     """The pipeline's `evaluate` stage: score <run_dir>/checkpoints/sft on a split -> eval/<split>/metrics.json."""
-    evaluate_checkpoint(run_dir, split=cfg.split, beam=cfg.beam, batch_size=cfg.batch_size, max_rows=cfg.max_rows)
+    evaluate_checkpoint(run_dir, split=cfg.split, beam=cfg.beam, batch_size=cfg.batch_size, softmax=cfg.softmax,
+                        max_rows=cfg.max_rows)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +31,13 @@ from pathlib import Path
 import torch
 
 from genrec.io import read_json, write_json
-from genrec.sid import all_sid_tokens, load_sids
+from genrec.sid import SID_TOKEN_RE, all_sid_tokens, load_sids, sid_vocab
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 SID_INIT_MODES = ("sa", "mean", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-SID_TOKEN_RE = re.compile(r"<[a-z]_\d+>")
 # WordPiece decoding puts a space before every token that lacks the "##" prefix; marking SID tokens of level b+
 # as continuations glues a SID together (<a_12><b_7>) while separate SIDs and text stay space-separated.
 _GLUE_SID = r"^<(?=[b-z]_\d+>$)"
@@ -226,10 +224,6 @@ def add_sid_tokens(model, tokenizer, tokens: list[str]) -> list[int]:
     return ids
 
 
-def _sid_ids(tokenizer) -> dict[str, int]:
-    return {t: i for t, i in tokenizer.get_added_vocab().items() if SID_TOKEN_RE.fullmatch(t)}
-
-
 def _keyword_ids(tokenizer, keywords: list[str], skip: set[int]) -> list[int]:
     """Sub-token ids of the keywords, each tokenized as a word inside a sentence (leading space for BPE)."""
     ids = []
@@ -274,7 +268,7 @@ def init_sid_embeddings(model, tokenizer, token_semantics: dict, mode: str, *, t
     """
     if mode not in SID_INIT_MODES:
         raise ValueError(f"sid_init={mode!r}: use one of {', '.join(SID_INIT_MODES)}")
-    sid_ids = _sid_ids(tokenizer)
+    sid_ids = sid_vocab(tokenizer)
     tokens = list(sid_ids) if tokens is None else tokens
     missing = [t for t in tokens if t not in sid_ids]
     if missing:

@@ -39,8 +39,8 @@ from trl import SFTConfig, SFTTrainer
 from genrec.data import read_split
 from genrec.evaluation import KS, ranking_metrics
 from genrec.io import write_json
-from genrec.modeling import SID_TOKEN_RE, ModelConfig, prepare_model, save_checkpoint
-from genrec.sid import load_sids, sid_string
+from genrec.modeling import ModelConfig, prepare_model, save_checkpoint
+from genrec.sid import load_sids, sid_string, sid_vocab
 from genrec.tasks import (
     TASKS,
     TaskOptions,
@@ -192,10 +192,6 @@ def add_sid_head(model, sid_token_ids: list[int] | None) -> None:
     model.forward = forward.__get__(model)
 
 
-def sid_token_ids(tokenizer) -> list[int]:
-    return [i for t, i in tokenizer.get_added_vocab().items() if SID_TOKEN_RE.fullmatch(t)]
-
-
 # ----------------------------------------------------------------------------- trainer
 
 
@@ -209,8 +205,9 @@ class GenRecSFTTrainer(SFTTrainer):
         self.sids = sids
         self.ranking_rows = ranking_rows
         self.num_beams = num_beams
+        self.sid_softmax = sid_softmax
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        add_sid_head(base, sid_token_ids(self.processing_class) if sid_softmax else None)
+        add_sid_head(base, list(sid_vocab(self.processing_class).values()) if sid_softmax else None)
         self._trie = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -246,7 +243,8 @@ class GenRecSFTTrainer(SFTTrainer):
         with self.accelerator.split_between_processes(self.ranking_rows, apply_padding=True) as shard, autocast:
             recs = recommend(model, self.processing_class, [p for p, _ in shard], self._trie, k=self.num_beams,
                              num_beams=self.num_beams, batch_size=self.args.per_device_eval_batch_size,
-                             encode=functools.partial(encode_prompt, self.processing_class))
+                             encode=functools.partial(encode_prompt, self.processing_class),
+                             softmax="sid" if self.sid_softmax else "full")
         model.train(was_training)
         recs = gather_object([(r.items, r.invalid) for r in recs])[: len(self.ranking_rows)]
         out = ranking_metrics([items for items, _ in recs], [t for _, t in self.ranking_rows],

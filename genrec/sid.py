@@ -20,6 +20,7 @@ from genrec.io import read_json
 
 LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _TOKEN = re.compile(r"<([a-z])_(\d+)>")
+SID_TOKEN_RE = re.compile(r"<[a-z]_\d+>")
 
 
 def sid_token(level: int, code: int) -> str:
@@ -32,6 +33,11 @@ def sid_tokens(codes: list[int]) -> list[str]:
 
 def sid_string(codes: list[int]) -> str:
     return "".join(sid_tokens(codes))
+
+
+def sid_vocab(tokenizer) -> dict[str, int]:
+    """SID token -> id for every SID token the tokenizer holds (its added tokens that look like ``<a_12>``)."""
+    return {t: i for t, i in tokenizer.get_added_vocab().items() if SID_TOKEN_RE.fullmatch(t)}
 
 
 def parse_sid(text: str) -> list[int]:

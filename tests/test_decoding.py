@@ -20,7 +20,7 @@ from transformers import (
 
 from genrec.decoding import DEAD, DONE, SIDTrie, TrieLogitsProcessor, recommend
 from genrec.decoding.vllm import TrieBatchMasker, trie_extra_args
-from genrec.sid import sid_string, sid_tokens
+from genrec.sid import sid_string, sid_tokens, sid_vocab
 
 EOS = 2
 WORDS = ["[UNK]", "[PAD]", "[EOS]", "User", "history:", "Next", "item:", ","]
@@ -259,21 +259,28 @@ def test_recommend_ignores_the_checkpoint_generation_config(tmp_path):
     assert poisoned.generation_config.do_sample  # the model's own config is restored afterwards
 
 
-def exact_scores(model, tokenizer, prompt: str, sids: dict[str, list[int]]) -> dict[str, float]:
-    """Teacher-forced log p(SID tokens + EOS | prompt) of every catalog item: the ranking beam search approximates."""
+def exact_scores(model, tokenizer, prompt: str, sids: dict[str, list[int]], softmax: str) -> dict[str, float]:
+    """Teacher-forced log p(SID tokens + EOS | prompt) of every catalog item: the ranking beam search approximates.
+    softmax="sid": SID tokens are normalised over the tokenizer's SID tokens, EOS over the whole vocabulary."""
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    sid_ids = sorted(sid_vocab(tokenizer).values())
     out = {}
     for item, codes in sids.items():
-        target = tokenizer.convert_tokens_to_ids(sid_tokens(codes)) + [EOS]
-        ids = torch.tensor([prompt_ids + target])
+        target = tokenizer.convert_tokens_to_ids(sid_tokens(codes))
         with torch.no_grad():
-            logp = torch.log_softmax(model(ids).logits[0, len(prompt_ids) - 1:-1].float(), -1)
-        out[item] = float(logp[torch.arange(len(target)), torch.tensor(target)].sum())
+            logits = model(torch.tensor([prompt_ids + target])).logits[0, len(prompt_ids) - 1:].float()
+        if softmax == "sid":
+            sid_logp = torch.log_softmax(logits[:-1, sid_ids], -1)
+            score = sum(float(sid_logp[j, sid_ids.index(t)]) for j, t in enumerate(target))
+        else:
+            score = sum(float(torch.log_softmax(logits[j], -1)[t]) for j, t in enumerate(target))
+        out[item] = score + float(torch.log_softmax(logits[-1], -1)[EOS])
     return out
 
 
+@pytest.mark.parametrize("softmax", ["sid", "full"])
 @pytest.mark.parametrize("name", ["fixed", "variable"])
-def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name):
+def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name, softmax):
     """With at least as many beams as items nothing is pruned, so the result must be the exact top-k by probability
     (and for the variable-length catalog, better than generate, which drops finished SIDs outside its top beams)."""
     sids = CATALOGS[name]
@@ -281,9 +288,9 @@ def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name):
     model = tiny_model(len(tokenizer), seed=5)
     trie = SIDTrie.from_sids(sids, tokenizer)
     prompts = prompts_for(sids, 3, seed=2)
-    recs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=len(sids), batch_size=2)
+    recs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=len(sids), batch_size=2, softmax=softmax)
     for prompt, rec in zip(prompts, recs):
-        exact = exact_scores(model, tokenizer, prompt, sids)
+        exact = exact_scores(model, tokenizer, prompt, sids, softmax)
         best = sorted(exact, key=exact.get, reverse=True)[:10]
         assert rec.items == best
         assert np.allclose(rec.scores, [exact[i] for i in best], atol=1e-4)
@@ -295,8 +302,9 @@ def test_trie_engine_matches_generate_on_a_fixed_depth_catalog():
     model = tiny_model(len(tokenizer), seed=5)
     trie = SIDTrie.from_sids(sids, tokenizer)
     prompts = prompts_for(sids, 7, seed=2)
-    ours = recommend(model, tokenizer, prompts, trie, k=10, num_beams=12, batch_size=3)
-    theirs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=12, batch_size=3, engine="generate")
+    ours = recommend(model, tokenizer, prompts, trie, k=10, num_beams=12, batch_size=3, softmax="full")
+    theirs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=12, batch_size=3, engine="generate",
+                       softmax="full")
     assert [r.items for r in ours] == [r.items for r in theirs]
     assert np.allclose([r.scores for r in ours], [r.scores for r in theirs], atol=1e-4)
 
@@ -309,6 +317,8 @@ def test_recommend_rejects_unknown_engine_and_stray_processor():
         recommend(model, tokenizer, ["x"], trie, engine="beam")
     with pytest.raises(ValueError, match="only applies to engine='generate'"):
         recommend(model, tokenizer, ["x"], trie, processor_factory=lambda: TrieLogitsProcessor(trie))
+    with pytest.raises(ValueError, match="softmax='sid' needs engine='trie'"):
+        recommend(model, tokenizer, ["x"], trie, engine="generate")
 
 
 def test_recommend_rejects_k_above_beam():

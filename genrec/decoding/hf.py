@@ -13,7 +13,6 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from genrec.decoding.trie import DEAD, SIDTrie
+from genrec.sid import sid_vocab
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def recommend(
     progress: bool = False,
     encode: Callable[[str], list[int]] | None = None,
     engine: str = "trie",
+    softmax: str = "sid",
     processor_factory: Callable[[], LogitsProcessor] | None = None,
 ) -> list[Recommendation]:
     """Constrained beam search: up to `k` distinct catalog items per prompt with their log-probabilities.
@@ -147,6 +148,9 @@ def recommend(
     `engine="trie"` (default) runs `trie_beam_search`: one prompt pass per prompt, then ``depth + 1`` one-token
     steps over the beams. `engine="generate"` runs transformers' ``generate`` with a `TrieLogitsProcessor`
     (same items and scores on fixed-depth catalogs; slower, it runs the prompt once per beam);
+    `softmax="sid"` (default; trie engine only) normalises each SID token's probability over the tokenizer's SID
+    tokens, the distribution genrec's SFT trains (``sid_softmax``), and runs the LM head on those rows only;
+    `softmax="full"` normalises over the whole vocabulary (what ``generate`` does).
     `processor_factory` replaces that processor per batch (for benchmarks against other constraints).
 
     Example:
@@ -163,6 +167,11 @@ def recommend(
         raise ValueError(f"engine={engine!r}: use 'trie' (genrec's beam search) or 'generate' (transformers)")
     if processor_factory is not None and engine != "generate":
         raise ValueError("processor_factory only applies to engine='generate'")
+    if softmax not in ("full", "sid"):
+        raise ValueError(f"softmax={softmax!r}: use 'sid' (over SID tokens, as SFT trains) or 'full' (vocabulary)")
+    if softmax == "sid" and engine != "trie":
+        raise ValueError("softmax='sid' needs engine='trie'; transformers' generate normalises over the vocabulary")
+    sid_ids = list(sid_vocab(tokenizer).values()) if softmax == "sid" else None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
     device = next(model.parameters()).device
     if trie.edge_key.device != device:
@@ -178,7 +187,8 @@ def recommend(
         idx = order[start:start + batch_size]
         input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id, device)
         if engine == "trie":
-            items, scores = trie_beam_search(model, input_ids, attention_mask, trie, num_beams=num_beams)
+            items, scores = trie_beam_search(model, input_ids, attention_mask, trie, num_beams=num_beams,
+                                             sid_token_ids=sid_ids)
             recs = _collect_items(trie, items, scores, k)
         else:
             trie_processor.reset()
@@ -198,13 +208,21 @@ def recommend(
 
 @torch.inference_mode()
 def trie_beam_search(
-    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, trie: SIDTrie, *, num_beams: int
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: SIDTrie,
+    *,
+    num_beams: int,
+    sid_token_ids: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Beam search over the trie's SIDs for a left-padded batch; returns ``(items, scores)``, both ``(batch, beams)``.
 
     ``items`` holds indices into ``trie.item_ids`` (-1 where fewer than `num_beams` items were reachable, with score
-    ``-inf``), best first; ``scores`` are total log-probabilities of the SID tokens plus the closing EOS, the
-    quantity transformers' beam search ranks by with ``length_penalty=0``.
+    ``-inf``), best first; ``scores`` are total log-probabilities of the SID tokens plus the closing EOS. Without
+    `sid_token_ids` every token's softmax is over the whole vocabulary (what transformers' beam search ranks by with
+    ``length_penalty=0``); with them, a SID token's softmax is over those ids only, as genrec's SFT trains it
+    (``sid_softmax``), and the LM head runs on those rows only (EOS keeps the full softmax).
 
     Unlike ``generate`` with ``num_beams`` (which copies every prompt `num_beams` times before the first forward
     pass), the prompt runs once per row; its KV cache is then gathered into the beams. Each step scores only the
@@ -213,45 +231,87 @@ def trie_beam_search(
     """
     batch, device = input_ids.shape[0], input_ids.device
     prompt_rows = torch.arange(batch, device=device)
-    cache = DynamicCache()
-    kwargs = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                   past_key_values=cache, use_cache=True, **kwargs).logits[:, -1]
+    step, logits = _stepper(model)
+    cols = col_of = None
+    if sid_token_ids is not None:
+        cols = torch.as_tensor(sorted(sid_token_ids), dtype=torch.int64, device=device)
+        col_of = torch.full((int(cols.max()) + 1 if cols.numel() else 1,), -1, dtype=torch.int64, device=device)
+        col_of[cols] = torch.arange(cols.numel(), device=device)
+        missing = trie.edge_token[(trie.edge_token >= col_of.shape[0]) | (col_of[trie.edge_token.clamp(
+            max=col_of.shape[0] - 1)] < 0)]
+        if missing.numel():
+            raise ValueError(f"trie token ids {missing[:5].tolist()} are not among the SID token ids; build both "
+                             "from the same tokenizer")
+    hidden = step(input_ids, attention_mask, (attention_mask.long().cumsum(-1) - 1).clamp(min=0))
     width = 1  # live hypotheses per prompt (rows are prompt-major: row = prompt * width + beam)
     state = torch.zeros(batch, dtype=torch.int64, device=device)  # trie root
     total = torch.zeros(batch, device=device)
     finished_scores, finished_items = [], []
-    for step in range(trie.depth + 1):
-        logp = torch.log_softmax(logits.float(), dim=-1)
+    for depth in range(trie.depth + 1):
         rows, tokens = trie.allowed(state)
-        cand = logp[rows, tokens] + total[rows]
         eos = tokens == trie.eos_token_id
         done = torch.full_like(total, -math.inf)  # each row has at most one EOS candidate
-        done[rows[eos]] = cand[eos]
+        if cols is None:
+            logp = torch.log_softmax(logits(hidden).float(), dim=-1)
+            done[rows[eos]] = logp[rows[eos], trie.eos_token_id] + total[rows[eos]]
+        else:
+            logp = torch.log_softmax(logits(hidden, cols).float(), dim=-1)
+            if bool(eos.any()):
+                eos_logp = torch.log_softmax(logits(hidden[rows[eos]]).float(), dim=-1)[:, trie.eos_token_id]
+                done[rows[eos]] = eos_logp + total[rows[eos]]
         item = torch.where(state >= 0, trie.node_item[state.clamp(min=0)], -1)
         finished_scores.append(done.view(batch, width))
         finished_items.append(torch.where(torch.isfinite(done), item, -1).view(batch, width))
-        if step == trie.depth or bool(eos.all()):
+        if depth == trie.depth or bool(eos.all()):
             break
+        go_rows, go_cols = rows[~eos], tokens[~eos] if col_of is None else col_of[tokens[~eos]]
         masked = torch.full_like(logp, -math.inf)
-        masked[rows[~eos], tokens[~eos]] = cand[~eos]
-        vocab = masked.shape[-1]
-        total, flat = masked.view(batch, width * vocab).topk(min(num_beams, width * vocab), dim=-1)
-        src = (flat // vocab + prompt_rows[:, None] * width).flatten()
-        token = (flat % vocab).flatten()
+        masked[go_rows, go_cols] = logp[go_rows, go_cols] + total[go_rows]
+        n_cols = masked.shape[-1]
+        total, flat = masked.view(batch, width * n_cols).topk(min(num_beams, width * n_cols), dim=-1)
+        src = (flat // n_cols + prompt_rows[:, None] * width).flatten()
+        token = (flat % n_cols).flatten()
+        token = token if cols is None else cols[token]
         total = total.flatten()
         state = torch.where(torch.isfinite(total), trie.child(state[src], token), DEAD)
-        cache.reorder_cache(src)
-        attention_mask = torch.cat([attention_mask[src], attention_mask.new_ones(src.shape[0], 1)], dim=1)
         width = flat.shape[1]
-        logits = model(input_ids=token[:, None], attention_mask=attention_mask,
-                       position_ids=attention_mask.long().sum(-1, keepdim=True) - 1,
-                       past_key_values=cache, use_cache=True).logits[:, -1]
+        attention_mask = torch.cat([attention_mask[src], attention_mask.new_ones(src.shape[0], 1)], dim=1)
+        hidden = step(token[:, None], attention_mask, attention_mask.long().sum(-1, keepdim=True) - 1, src)
     scores = torch.cat(finished_scores, dim=1)
     items = torch.cat(finished_items, dim=1)
     best, pos = scores.topk(min(num_beams, scores.shape[1]), dim=-1)
     return torch.where(torch.isfinite(best), items.gather(1, pos), -1), best
+
+
+def _stepper(model):
+    """``(step, logits)``: `step` runs the model on new tokens with a KV cache (gathering the cache to `src` rows
+    first) and returns the last position's hidden state; ``logits(hidden, cols=None)`` projects it onto the
+    vocabulary or the `cols` rows of the LM head. Models whose logits are not a plain linear head over the
+    decoder's output (soft-capping, logit scaling) run whole and `logits` slices their output instead."""
+    cache = DynamicCache()
+    head = model.get_output_embeddings()
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    plain = (isinstance(head, torch.nn.Linear) and decoder is not None
+             and getattr(model.config, "final_logit_softcapping", None) is None
+             and getattr(model.config, "logit_scale", None) is None)
+
+    def step(ids, mask, positions, src=None):
+        if src is not None:
+            cache.reorder_cache(src)
+        if plain:
+            return decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True).last_hidden_state[:, -1]
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                     use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    def logits(hidden, cols=None):
+        if not plain:
+            return hidden if cols is None else hidden[:, cols]
+        weight = head.weight if cols is None else head.weight[cols]
+        bias = head.bias if head.bias is None or cols is None else head.bias[cols]
+        return torch.nn.functional.linear(hidden.to(weight.dtype), weight, bias)
+
+    return step, logits
 
 
 def _collect_items(trie: SIDTrie, items: torch.Tensor, scores: torch.Tensor, k: int) -> list[Recommendation]:
