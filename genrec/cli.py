@@ -1,7 +1,7 @@
 """The `genrec` command line.
 
-    genrec pipeline CONFIG [--run-dir DIR] [--stages data,embed,quantize] [--force]
-    genrec stage NAME CONFIG [--run-dir DIR] [--force]
+    genrec pipeline CONFIG [--run-dir DIR] [--stages data,embed,quantize] [--force] [--set section.key=value ...]
+    genrec stage NAME CONFIG [--run-dir DIR] [--force] [--set section.key=value ...]
 
     genrec evaluate ...          (genrec.evaluate: constrained beam search over a split)
     genrec baseline NAME ...     (genrec.baselines: popularity, sasrec, knn, cooc)
@@ -26,7 +26,7 @@ def _run_dir(args) -> Path:
 def cmd_pipeline(args) -> None:
     from genrec.pipeline import load_pipeline_config, run_pipeline
 
-    cfg = load_pipeline_config(args.config)
+    cfg = load_pipeline_config(args.config, args.set)
     stages = args.stages.split(",") if args.stages else None
     run_pipeline(cfg, _run_dir(args), stages, force=args.force)
 
@@ -34,7 +34,7 @@ def cmd_pipeline(args) -> None:
 def cmd_stage(args) -> None:
     from genrec.pipeline import load_pipeline_config, run_stage
 
-    run_stage(load_pipeline_config(args.config), _run_dir(args), args.name, force=args.force)
+    run_stage(load_pipeline_config(args.config, args.set), _run_dir(args), args.name, force=args.force)
 
 
 # sub-command -> "module:function" taking the remaining argv
@@ -65,6 +65,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", help="run directory (default: runs/<config name>)")
     p.add_argument("--stages", help="comma-separated stages to run (default: the config's `stages`)")
     p.add_argument("--force", action="store_true", help="re-run the stages even when up to date")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (YAML), e.g. --set sft.overrides.seed=7 --set evaluate.beam=50")
     p.set_defaults(func=cmd_pipeline)
 
     p = sub.add_parser("stage", help="run one stage of a pipeline config")
@@ -72,6 +74,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--run-dir")
     p.add_argument("--force", action="store_true")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
     p.set_defaults(func=cmd_stage)
 
     for name, (ref, help_text) in DELEGATED.items():

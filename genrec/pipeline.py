@@ -87,9 +87,32 @@ class PipelineConfig:
         return self.sections[stage]
 
 
-def load_pipeline_config(path: str | Path) -> PipelineConfig:
+def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read a pipeline YAML; `overrides` are ``section.key=value`` strings (value parsed as YAML) applied on top,
+    e.g. ``sft.overrides.seed=7`` or ``evaluate.beam=50``."""
     raw = read_yaml_mapping(path, "pipeline config")
-    return pipeline_config_from_dict(raw, where=str(path))
+    for item in overrides or []:
+        apply_override(raw, item)
+    return pipeline_config_from_dict(raw, where=str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Set ``a.b.c=value`` in a nested mapping (creating missing mappings); the value is parsed as YAML."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or len(parts) < 2 or not all(parts):
+        raise ValueError(f"--set {item!r}: write section.key=value, e.g. --set sft.overrides.seed=7")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"--set {item!r}: {part!r} holds a value, not a mapping")
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--set {item!r}: the value is not valid YAML ({e})") from None
 
 
 def pipeline_config_from_dict(raw: dict, where: str = "<config>") -> PipelineConfig:

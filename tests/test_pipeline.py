@@ -126,3 +126,34 @@ def test_broken_yaml_names_file_and_line(tmp_path):
     bad.write_text("- data\n- embed\n")
     with pytest.raises(ValueError, match="must be a mapping"):
         load_pipeline_config(bad)
+
+
+def test_set_overrides_a_nested_value_and_changes_only_that_fingerprint(tmp_path):
+    from genrec.pipeline import fingerprints, load_pipeline_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  source: synthetic\nsft:\n  config: configs/sft/demo.yaml\n  overrides: {num_train_epochs: 1}\n")
+    base = load_pipeline_config(path)
+    cfg = load_pipeline_config(path, ["sft.overrides.seed=7", "evaluate.beam=50"])
+    assert cfg.config("sft").overrides == {"num_train_epochs": 1, "seed": 7}  # merged, YAML-typed
+    assert cfg.config("evaluate").beam == 50
+    before, after = fingerprints(base), fingerprints(cfg)
+    assert [s for s in before if before[s] != after[s]] == ["sft", "evaluate"]
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("sft", r"write section.key=value"),
+        ("evaluate.beem=5", r"unknown option\(s\) \['beem'\]"),
+        ("data.source.x=1", r"'source' holds a value, not a mapping"),
+        ("evaluate.beam=[1", r"not valid YAML"),
+    ],
+)
+def test_bad_set_names_the_fix(tmp_path, item, message):
+    from genrec.pipeline import load_pipeline_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("data:\n  source: synthetic\n")
+    with pytest.raises(ValueError, match=message):
+        load_pipeline_config(path, [item])
