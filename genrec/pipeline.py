@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import inspect
 import json
 import logging
 import time
@@ -175,7 +176,11 @@ def run_stage(cfg: PipelineConfig, run_dir: Path, stage: str, force: bool = Fals
     rec = _record_path(run_dir, stage)
     if rec.exists():
         rec.unlink()  # a crash mid-stage must not leave an old record that vouches for new outputs
-    _load(STAGES[stage].run)(run_dir, cfg.sections[stage])
+    run = _load(STAGES[stage].run)
+    if "force" in inspect.signature(run).parameters:  # stages with their own resume state (sft) start afresh
+        run(run_dir, cfg.sections[stage], force=force)
+    else:
+        run(run_dir, cfg.sections[stage])
     seconds = time.time() - start
     write_json(rec, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                      "config": dataclasses.asdict(cfg.sections[stage])})

@@ -332,26 +332,38 @@ def find_resume_checkpoint(training_args: SFTConfig) -> str | None:
     return None
 
 
+# run-directory inputs a checkpoint depends on: a re-quantized SID map or new token semantics must not be resumed
+SIGNATURE_INPUTS = ("sids.json", "token_semantics.json", "splits/train.jsonl")
+
+
 def _run_signature(args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig) -> str:
-    """What a resumed run must share with the checkpoints it resumes (not resume / logging / time-budget knobs)."""
+    """What a resumed run must share with the checkpoints it resumes: the configuration (not resume / logging /
+    time-budget knobs) and the contents of the run directory's `SIGNATURE_INPUTS`."""
     volatile = {"resume_from_checkpoint", "logging_dir", "max_minutes", "report_to", "disable_tqdm"}
     payload = {**dataclasses.asdict(args), **dataclasses.asdict(model_args), **training_args.to_dict()}
     payload = {k: v for k, v in payload.items() if k not in volatile}
+    for name in SIGNATURE_INPUTS:
+        path = Path(args.run_dir) / name
+        payload[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _check_auto_resume(signature: str, training_args: SFTConfig) -> None:
-    """With resume 'auto', checkpoints of another configuration are discarded instead of resumed."""
+def _check_auto_resume(signature: str, training_args: SFTConfig, fresh: bool = False) -> None:
+    """With resume 'auto', checkpoints of another configuration or other inputs (or all, when `fresh`) are
+    discarded instead of resumed."""
     import shutil
 
     out = Path(training_args.output_dir)
     marker = out / "genrec_run.json"
-    if training_args.resume_from_checkpoint == "auto" and marker.exists():
-        if json.loads(marker.read_text()).get("signature") != signature:
-            if training_args.process_index == 0:
-                logger.warning("%s holds checkpoints of another SFT configuration; starting afresh", out)
-                for ckpt in out.glob("checkpoint-*"):
-                    shutil.rmtree(ckpt)
+    if training_args.resume_from_checkpoint == "auto" and (marker.exists() or fresh):
+        stale = fresh or json.loads(marker.read_text()).get("signature") != signature
+        if stale and training_args.process_index == 0:
+            found = list(out.glob("checkpoint-*"))
+            if found:
+                logger.warning("%s: discarding %d checkpoint(s) of %s; starting afresh", out, len(found),
+                               "an earlier run (--force)" if fresh else "another SFT configuration or run inputs")
+            for ckpt in found:
+                shutil.rmtree(ckpt)
     training_args.distributed_state.wait_for_everyone()
     if training_args.process_index == 0:
         write_json(marker, {"signature": signature})
@@ -376,8 +388,10 @@ def save_final(trainer: GenRecSFTTrainer, args: GenRecSFTArguments) -> None:
         save_checkpoint(model, trainer.processing_class, args.final_dir, trainer.sids, extra)
 
 
-def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig) -> Path:
-    """Train on the run's SFT tasks and write the selected model to <run_dir>/checkpoints/sft; returns that path."""
+def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig, *, fresh: bool = False
+              ) -> Path:
+    """Train on the run's SFT tasks and write the selected model to <run_dir>/checkpoints/sft; returns that path.
+    `fresh` discards the output folder's checkpoints instead of resuming them (the pipeline's --force)."""
     from datasets import Dataset
 
     run_dir = Path(args.run_dir)
@@ -385,7 +399,7 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
         raise ValueError(f"{os.environ['WORLD_SIZE']} processes were launched but each trains alone: without a GPU "
                          "set use_cpu: true (or --use_cpu true) so they run DDP over gloo")
     training_args = resolve_training_args(args, training_args)
-    _check_auto_resume(_run_signature(args, model_args, training_args), training_args)
+    _check_auto_resume(_run_signature(args, model_args, training_args), training_args, fresh)
     model, tokenizer = prepare_model(model_args, run_dir)
     sids = load_sids(run_dir / "sids.json")
     train = build_sft_dataset(run_dir, tokenizer, args.task_mix, args.task_options(),
@@ -457,9 +471,10 @@ class SFTStageConfig:
         self.config_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
-def run_sft_stage(run_dir: Path, cfg: SFTStageConfig) -> None:
-    """The pipeline's `sft` stage: train in this process, resuming the stage's own checkpoints after a kill."""
+def run_sft_stage(run_dir: Path, cfg: SFTStageConfig, force: bool = False) -> None:
+    """The pipeline's `sft` stage: train in this process, resuming the stage's own checkpoints after a kill
+    (unless `force`: then it starts afresh)."""
     args, model_args, training_args = parse_sft_config(cfg.config, {**cfg.overrides, "run_dir": str(run_dir)})
     if training_args.resume_from_checkpoint is None:
         training_args.resume_from_checkpoint = "auto"
-    train_sft(args, model_args, training_args)
+    train_sft(args, model_args, training_args, fresh=force)

@@ -186,3 +186,28 @@ def test_killed_run_resumes_to_the_same_final_step(run_dir, tmp_path):
     assert json.loads((run_dir / "checkpoints/sft/genrec.json").read_text())["global_step"] == 40
     state = json.loads((tmp_path / "ckpt/checkpoint-40/trainer_state.json").read_text())
     assert [e["step"] for e in state["log_history"] if "loss" in e] == list(range(1, 41))
+
+
+def test_auto_resume_discards_checkpoints_of_other_inputs_or_when_fresh(tmp_path):
+    """A re-quantized SID map (same YAML) must not resume the old run's checkpoints; --force starts afresh too."""
+    from genrec.sft import _check_auto_resume, _run_signature, resolve_training_args
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "sids.json").write_text('{"i1": [0, 1]}')
+    args, model_args, training_args = parse_sft_config(ROOT / "configs/sft/demo.yaml", {
+        "run_dir": str(run), "use_cpu": True, "resume_from_checkpoint": "auto"})
+    training_args = resolve_training_args(args, training_args)
+    ckpt = Path(training_args.output_dir) / "checkpoint-5"
+
+    def check(fresh=False):
+        ckpt.mkdir(parents=True, exist_ok=True)
+        _check_auto_resume(_run_signature(args, model_args, training_args), training_args, fresh)
+        return ckpt.exists()
+
+    assert check()  # first run writes the marker; nothing to discard
+    assert check()  # same inputs: resumable
+    (run / "sids.json").write_text('{"i1": [1, 0]}')
+    assert not check()  # new SID map: discarded
+    assert check()
+    assert not check(fresh=True)
