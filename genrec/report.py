@@ -1,4 +1,5 @@
-"""`genrec report --run-dir DIR`: one table of every metrics.json in a run (model evaluations and baselines).
+"""`genrec report --run-dir DIR [DIR ...] [--split test]`: one table of every metrics.json in one or more runs
+(model evaluations and baselines); with several runs each row names its run (e.g. an ablation side by side).
 
 Example:
     $ genrec report --run-dir runs/demo
@@ -26,11 +27,11 @@ def collect(run_dir: Path) -> list[dict]:
     return out
 
 
-def markdown_table(metrics: list[dict]) -> str:
-    head = ["method", "split", "rows", *COLUMNS, "invalid", "seconds"]
+def markdown_table(metrics: list[dict], runs: bool = False) -> str:
+    head = ["run"] * runs + ["method", "split", "rows", *COLUMNS, "invalid", "seconds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in metrics:
-        cells = [str(m.get("method")), str(m.get("split")), str(m.get("rows"))]
+        cells = [str(m.get("run"))] * runs + [str(m.get("method")), str(m.get("split")), str(m.get("rows"))]
         cells += [f"{m[c]:.4f}" if c in m else "–" for c in COLUMNS]
         cells += [str(m.get("invalid", 0)), f"{m.get('seconds', 0):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -39,11 +40,14 @@ def markdown_table(metrics: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genrec report", description=__doc__.split("\n")[0])
-    parser.add_argument("--run-dir", required=True, help="run directory, e.g. runs/demo")
+    parser.add_argument("--run-dir", required=True, nargs="+", help="run directory (or several), e.g. runs/demo")
+    parser.add_argument("--split", help="only rows of this split (train, valid or test)")
     args = parser.parse_args(argv)
-    run_dir = Path(args.run_dir)
-    metrics = collect(run_dir)
-    if not metrics:
-        raise FileNotFoundError(f"no metrics.json under {run_dir}/eval or {run_dir}/baselines; run "
-                                "`genrec pipeline` (evaluate stage) or `genrec baseline NAME` first")
-    print(markdown_table(metrics))
+    metrics = []
+    for run_dir in map(Path, args.run_dir):
+        found = [m for m in collect(run_dir) if args.split in (None, m.get("split"))]
+        if not found:
+            raise FileNotFoundError(f"no {args.split or ''} metrics.json under {run_dir}/eval or {run_dir}/baselines; "
+                                    "run `genrec pipeline` (evaluate stage) or `genrec baseline NAME` first")
+        metrics += [{**m, "run": run_dir.name} for m in found]
+    print(markdown_table(metrics, runs=len(args.run_dir) > 1))

@@ -167,3 +167,20 @@ def test_cli_delegates_and_reports_errors_with_exit_code_2(tmp_path):
     with pytest.raises(SystemExit) as exc:
         cli_main(["baseline", "nope", "--run-dir", str(run)])
     assert exc.value.code == 2
+
+
+def test_report_puts_several_runs_side_by_side(tmp_path, capsys):
+    from genrec.report import main as report_main
+
+    runs = []
+    for name in ("sa", "random"):
+        run = make_run(tmp_path / name, ITEMS, TRAIN, [("u4", "e", "c")], [("u5", "e", "c")])
+        for split in ("valid", "test"):
+            main(["popularity", "--run-dir", str(run), "--split", split])
+        runs.append(str(run))
+    report_main(["--run-dir", *runs, "--split", "test"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("| run | method | split |")
+    assert [line.split(" | ")[0] for line in lines[2:]] == ["| sa", "| random"]  # one test row per run
+    with pytest.raises(FileNotFoundError, match="no train metrics.json"):
+        report_main(["--run-dir", runs[0], "--split", "train"])
