@@ -5,7 +5,7 @@
 
     genrec evaluate ...          (genrec.evaluate: constrained beam search over a split)
     genrec baseline NAME ...     (genrec.baselines: popularity, sasrec, knn, cooc)
-    genrec report --run-dir DIR  (genrec.report: one table of every metrics.json in a run)
+    genrec report --run-dir DIR [DIR ...] [--split S] [--paired]  (genrec.report: metrics tables, paired differences)
 
 Sub-commands that own a module take their arguments from that module's `main(argv)`, so
 `genrec evaluate --help` shows the module's own options.

@@ -21,25 +21,24 @@ from genrec.io import write_json, write_jsonl
 KS = (1, 3, 5, 10, 20)
 
 
-def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = KS) -> dict:
-    """HR@K and NDCG@K averaged over rows; a row's list may be shorter than K (missing slots never hit)."""
+def row_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = KS) -> dict[str, list]:
+    """HR@K and NDCG@K of every row (lists in row order); a row's list may be shorter than K (missing slots never hit)."""
     if len(ranked) != len(targets):
         raise ValueError(f"{len(ranked)} ranked lists for {len(targets)} targets")
-    n = len(targets)
-    hr, ndcg = {k: 0.0 for k in ks}, {k: 0.0 for k in ks}
+    out = {f"{m}@{k}": [] for k in ks for m in ("HR", "NDCG")}
     for preds, target in zip(ranked, targets):
         rank = next((i for i, p in enumerate(preds) if p == target), None)
-        if rank is None:
-            continue
         for k in ks:
-            if rank < k:
-                hr[k] += 1.0
-                ndcg[k] += 1.0 / math.log2(rank + 2)
-    out = {}
-    for k in ks:
-        out[f"HR@{k}"] = hr[k] / n if n else 0.0
-        out[f"NDCG@{k}"] = ndcg[k] / n if n else 0.0
+            hit = rank is not None and rank < k
+            out[f"HR@{k}"].append(1.0 if hit else 0.0)
+            out[f"NDCG@{k}"].append(1.0 / math.log2(rank + 2) if hit else 0.0)
     return out
+
+
+def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks: Sequence[int] = KS) -> dict:
+    """HR@K and NDCG@K averaged over rows (see `row_metrics`)."""
+    per_row = row_metrics(ranked, targets, ks)
+    return {name: sum(values) / len(values) if values else 0.0 for name, values in per_row.items()}
 
 
 def write_results(

@@ -1,9 +1,14 @@
-"""`genrec report --run-dir DIR [DIR ...] [--split test]`: one table of every metrics.json in one or more runs
-(model evaluations and baselines); with several runs each row names its run (e.g. an ablation side by side).
+"""`genrec report --run-dir DIR [DIR ...] [--split test] [--paired]`: one table of every metrics.json in one or
+more runs (model evaluations and baselines); with several runs each row names its run (e.g. an ablation side by
+side). `--paired` adds each run's difference to the first run on the same rows, with a 95% paired bootstrap
+interval, so an ablation says whether a gap is larger than the noise of the test set.
 
 Example:
     $ genrec report --run-dir runs/demo
     | method | split | rows | HR@5 | NDCG@5 | HR@10 | NDCG@10 | invalid | seconds |
+    $ genrec report --run-dir runs/sa runs/random --split test --paired
+    | run | vs | split | rows | ΔHR@5 | ΔNDCG@5 | ΔHR@10 | ΔNDCG@10 | ...
+    | random | sa | test | 4533 | -0.0055 [-0.0113, +0.0004] | -0.0054 [-0.0093, -0.0016] | ...
 """
 
 from __future__ import annotations
@@ -11,7 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from genrec.io import read_json
+import numpy as np
+from scipy.stats import bootstrap
+
+from genrec.evaluation import row_metrics
+from genrec.io import read_json, read_jsonl
 
 COLUMNS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -38,11 +47,58 @@ def markdown_table(metrics: list[dict], runs: bool = False) -> str:
     return "\n".join(lines)
 
 
+def row_scores(run_dir: Path, split: str) -> tuple[list, dict[str, np.ndarray]]:
+    """The model evaluation's per-row HR@K / NDCG@K on a split, with the (user_id, target) key of each row."""
+    path = run_dir / "eval" / split / "predictions.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; --paired compares model evaluations: run "
+                                f"`genrec evaluate --run-dir {run_dir} --split {split}` first")
+    rows = list(read_jsonl(path))
+    keys = [(r.get("user_id"), r["target"]) for r in rows]
+    per_row = row_metrics([r["topk"] for r in rows], [r["target"] for r in rows])
+    return keys, {name: np.asarray(per_row[name]) for name in COLUMNS}
+
+
+def paired_differences(runs: list[Path], split: str, resamples: int = 2000, seed: int = 0) -> list[dict]:
+    """Each run after the first minus the first, per metric: mean difference over the same rows and the 95%
+    bootstrap interval of that mean (rows resampled jointly, so the noise shared by both runs cancels)."""
+    ref_keys, ref = row_scores(runs[0], split)
+    out = []
+    for run in runs[1:]:
+        keys, scores = row_scores(run, split)
+        if keys != ref_keys:
+            raise ValueError(f"{run} and {runs[0]} were evaluated on different {split} rows; re-run "
+                             "`genrec evaluate` on both with the same split and row limit")
+        diff = {"run": run.name, "vs": runs[0].name, "split": split, "rows": len(keys)}
+        for name in COLUMNS:
+            d = scores[name] - ref[name]
+            ci = bootstrap((d,), np.mean, n_resamples=resamples, confidence_level=0.95, method="percentile",
+                           rng=np.random.default_rng(seed)).confidence_interval
+            diff[name] = (float(d.mean()), float(ci.low), float(ci.high))
+        out.append(diff)
+    return out
+
+
+def paired_table(diffs: list[dict]) -> str:
+    head = ["run", "vs", "split", "rows", *(f"Δ{c}" for c in COLUMNS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for d in diffs:
+        cells = [d["run"], d["vs"], d["split"], str(d["rows"])]
+        cells += ["{:+.4f} [{:+.4f}, {:+.4f}]".format(*d[c]) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genrec report", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, nargs="+", help="run directory (or several), e.g. runs/demo")
     parser.add_argument("--split", help="only rows of this split (train, valid or test)")
+    parser.add_argument("--paired", action="store_true",
+                        help="also print each run's model metrics minus the first run's, with 95%% paired "
+                             "bootstrap intervals (needs --split and two or more runs)")
     args = parser.parse_args(argv)
+    if args.paired and (args.split is None or len(args.run_dir) < 2):
+        parser.error("--paired needs --split and at least two --run-dir values (the first is the reference)")
     metrics = []
     for run_dir in map(Path, args.run_dir):
         found = [m for m in collect(run_dir) if args.split in (None, m.get("split"))]
@@ -51,3 +107,6 @@ def main(argv: list[str] | None = None) -> None:
                                     "run `genrec pipeline` (evaluate stage) or `genrec baseline NAME` first")
         metrics += [{**m, "run": run_dir.name} for m in found]
     print(markdown_table(metrics, runs=len(args.run_dir) > 1))
+    if args.paired:
+        print()
+        print(paired_table(paired_differences(list(map(Path, args.run_dir)), args.split)))

@@ -184,3 +184,33 @@ def test_report_puts_several_runs_side_by_side(tmp_path, capsys):
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| sa", "| random"]  # one test row per run
     with pytest.raises(FileNotFoundError, match="no train metrics.json"):
         report_main(["--run-dir", runs[0], "--split", "train"])
+
+
+def test_report_paired_gives_differences_on_the_same_rows_with_intervals(tmp_path, capsys):
+    from genrec.evaluation import write_results
+    from genrec.report import main as report_main
+    from genrec.report import paired_differences
+
+    rows = [{"user_id": f"u{i}", "target": str(i % 7)} for i in range(60)]
+    good = [[r["target"], "x"] for r in rows]  # target first: every row hits
+    half = [[r["target"]] if i % 2 else ["x", "y"] for i, r in enumerate(rows)]  # every other row hits
+    runs = []
+    for name, ranked in (("a", good), ("b", half), ("c", good)):
+        write_results(tmp_path / name / "eval" / "test", rows, ranked, method="genrec", split="test", seconds=1.0)
+        runs.append(tmp_path / name)
+    b, c = paired_differences(runs, "test", resamples=200)
+    assert (b["run"], b["vs"], b["rows"]) == ("b", "a", 60)
+    mean, low, high = b["HR@10"]
+    assert mean == pytest.approx(-0.5) and low < mean < high < 0  # a real drop: the interval excludes 0
+    assert c["NDCG@5"] == (0.0, 0.0, 0.0)  # identical predictions: no difference, no noise
+    report_main(["--run-dir", *map(str, runs), "--split", "test", "--paired"])
+    out = capsys.readouterr().out
+    assert "| b | a | test | 60 | -0.5000 [" in out
+
+    write_results(tmp_path / "d" / "eval" / "test", rows[:30], good[:30], method="genrec", split="test", seconds=1.0)
+    with pytest.raises(ValueError, match="different test rows"):
+        paired_differences([runs[0], tmp_path / "d"], "test")
+    with pytest.raises(FileNotFoundError, match="genrec evaluate"):
+        paired_differences([runs[0], tmp_path / "nope"], "test")
+    with pytest.raises(SystemExit):
+        report_main(["--run-dir", str(runs[0]), str(runs[1]), "--paired"])  # no --split
