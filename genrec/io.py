@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -91,6 +92,46 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return records
 
 
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely, reading ``2e-4`` as a float as YAML 1.2 does.
+
+    PyYAML follows YAML 1.1, where a float needs a dot (``2.0e-4``) and ``2e-4`` stays a string
+    that only fails later, deep inside an optimizer. Configs and ``--set`` values go through here.
+
+    Example:
+        >>> load_yaml("learning_rate: 2e-4")
+        {'learning_rate': 0.0002}
+    """
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
+def _yaml_loader():
+    import yaml
+
+    global _YAML_LOADER
+    if _YAML_LOADER is None:
+        class Loader(yaml.SafeLoader):
+            pass
+
+        # The YAML 1.1 float pattern with the dot optional; also keeps .inf/.nan and 1_000.5.
+        Loader.add_implicit_resolver(
+            "tag:yaml.org,2002:float",
+            re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                          |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                          |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                          |[-+]?\.(?:inf|Inf|INF)
+                          |\.(?:nan|NaN|NAN))$""", re.X),
+            list("-+0123456789."),
+        )
+        _YAML_LOADER = Loader
+    return _YAML_LOADER
+
+
+_YAML_LOADER = None
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     """A YAML file that must hold a mapping (a config); errors name the file, the line and the fix."""
     import yaml
@@ -99,7 +140,7 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

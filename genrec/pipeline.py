@@ -101,6 +101,8 @@ def apply_override(raw: dict, item: str) -> None:
     """Set ``a.b.c=value`` in a nested mapping (creating missing mappings); the value is parsed as YAML."""
     import yaml
 
+    from genrec.io import load_yaml
+
     key, sep, value = item.partition("=")
     parts = key.strip().split(".")
     if not sep or len(parts) < 2 or not all(parts):
@@ -111,7 +113,7 @@ def apply_override(raw: dict, item: str) -> None:
         if not isinstance(node, dict):
             raise ValueError(f"--set {item!r}: {part!r} holds a value, not a mapping")
     try:
-        node[parts[-1]] = yaml.safe_load(value)
+        node[parts[-1]] = load_yaml(value)
     except yaml.YAMLError as e:
         raise ValueError(f"--set {item!r}: the value is not valid YAML ({e})") from None
 

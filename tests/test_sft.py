@@ -100,6 +100,19 @@ def test_parse_sft_config_overrides_and_errors(tmp_path):
         parse_sft_config(tmp_path / "missing.yaml")
 
 
+def test_exponent_without_a_dot_is_a_float_in_configs_and_set(tmp_path):
+    # PyYAML alone reads `2e-4` as a string, which only failed once the optimizer compared it.
+    from genrec.pipeline import load_pipeline_config
+
+    config = tmp_path / "sft.yaml"
+    config.write_text((ROOT / "configs/sft/demo.yaml").read_text() + "\nlearning_rate: 2e-4\n")
+    assert parse_sft_config(config)[2].learning_rate == pytest.approx(2e-4)
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"data:\n  source: synthetic\nsft:\n  config: {config}\n")
+    cfg = load_pipeline_config(pipeline, ["sft.overrides.learning_rate=2e-3"])
+    assert parse_sft_config(config, cfg.config("sft").overrides)[2].learning_rate == pytest.approx(2e-3)
+
+
 @pytest.mark.parametrize("kwargs, error", [
     ({"task_mix": "{not json"}, "not JSON"),  # a CLI value that is not JSON
     ({"task_mix": {"seq_sid": 1, "sid2titel": 1}}, "unknown task"),  # a typo in a task name
