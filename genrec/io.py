@@ -6,6 +6,7 @@ target, so a killed stage never leaves a half-written file that a resumed run wo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -107,29 +108,24 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_yaml_loader())
 
 
+@functools.cache
 def _yaml_loader():
     import yaml
 
-    global _YAML_LOADER
-    if _YAML_LOADER is None:
-        class Loader(yaml.SafeLoader):
-            pass
+    class Loader(yaml.SafeLoader):
+        pass
 
-        # The YAML 1.1 float pattern with the dot optional; also keeps .inf/.nan and 1_000.5.
-        Loader.add_implicit_resolver(
-            "tag:yaml.org,2002:float",
-            re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-                          |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
-                          |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
-                          |[-+]?\.(?:inf|Inf|INF)
-                          |\.(?:nan|NaN|NAN))$""", re.X),
-            list("-+0123456789."),
-        )
-        _YAML_LOADER = Loader
-    return _YAML_LOADER
-
-
-_YAML_LOADER = None
+    # The YAML 1.1 float pattern with the dot optional; also keeps .inf/.nan and 1_000.5.
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                      |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                      |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                      |[-+]?\.(?:inf|Inf|INF)
+                      |\.(?:nan|NaN|NAN))$""", re.X),
+        list("-+0123456789."),
+    )
+    return Loader
 
 
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
