@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 import tracemalloc
 
 import numpy as np
@@ -331,82 +330,26 @@ def test_recommend_rejects_k_above_beam():
 # ----------------------------------------------------------------------------- speed and scale
 
 
-@pytest.fixture
-def one_thread():
-    """Time on one thread: on a shared machine, small multi-threaded ops wait on descheduled OpenMP workers and
-    measure the neighbours' load, not the algorithm."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _min_ms(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
-def _generation_ms(proc, steps, scores, repeats: int = 3, warm_up: bool = True) -> float:
-    """Best-of-`repeats` mean ms per masking step over one simulated generation."""
-    run = lambda: [proc(ids, scores) for ids in steps]  # noqa: E731
-    if warm_up:
-        run()
-    return _min_ms(run, repeats) / len(steps)
-
-
-def test_masking_step_is_10x_faster_than_prefix_dict_reference(one_thread):
-    seqs = (np.array(_codes(5_000, seed=0)) + 1000 + np.arange(3) * 256).tolist()
-    trie = SIDTrie.from_token_ids(seqs, [str(i) for i in range(len(seqs))], eos_token_id=EOS)
-    steps = _simulated_steps(seqs, rows=640, prompt_len=20)[:2]  # root and first level: the widest steps
-    scores = torch.randn(640, 152_064)
-    ours = _generation_ms(TrieLogitsProcessor(trie), steps, scores)
-    ref = _generation_ms(_reference(prefix_table(seqs), num_beams=20), steps, scores, repeats=1, warm_up=False)
-    assert ref / ours >= 10, f"trie {ours:.1f} ms vs reference {ref:.1f} ms per step"
-
-
 def _codes(n: int, seed: int) -> list[list[int]]:
     flat = np.random.default_rng(seed).choice(256**3, size=n, replace=False)
     return np.stack([flat // 65536, (flat // 256) % 256, flat % 256], 1).tolist()
 
 
-@pytest.fixture(scope="module")
-def million_trie():
+def test_million_item_trie_builds_small():
+    # build time and per-step speed against the reference live in benchmarks/decoding.py (timings are noisy here)
     sids = {f"item{i}": c for i, c in enumerate(_codes(10**6, seed=1))}
     tokenizer = make_tokenizer({f"t{c}": [c, c, c] for c in range(256)})  # every SID token of 3 x 256 codes
     tracemalloc.start()
-    t0 = time.perf_counter()
     trie = SIDTrie.from_sids(sids, tokenizer)
-    seconds = time.perf_counter() - t0
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    return trie, tokenizer, seconds, peak
-
-
-def test_million_item_trie_builds_fast_and_small(million_trie):
-    trie, _, seconds, peak = million_trie
     assert trie.num_items == 10**6
-    assert seconds < 30, f"built in {seconds:.1f} s"
     assert peak < 2**30 and trie.nbytes < 2**30, f"peak {peak / 2**20:.0f} MB, tensors {trie.nbytes / 2**20:.0f} MB"
-
-
-def test_step_time_does_not_grow_with_catalog_size(million_trie, one_thread):
-    big, tokenizer, _, _ = million_trie
-    small = SIDTrie.from_sids({f"item{i}": c for i, c in enumerate(_codes(10**4, seed=2))}, tokenizer)
-    scores = torch.randn(640, len(tokenizer))
-    timings = {}
-    for name, trie in [("10^4", small), ("10^6", big)]:
-        steps = _simulated_steps(_paths(trie, 640), rows=640, prompt_len=20)
-        timings[name] = (_generation_ms(TrieLogitsProcessor(trie), steps[:1], scores, repeats=5),
-                         _generation_ms(TrieLogitsProcessor(trie), steps, scores, repeats=5))
-    (small_root, small_mean), (big_root, big_mean) = timings["10^4"], timings["10^6"]
-    # 100x the items: the root step (the same 256 children) costs the same; the mean step grows only with the
-    # branching factor below the root (bounded by the codebook), here about 1.8x more allowed tokens in all.
-    assert big_root < 2.5 * small_root + 0.5, timings
-    assert big_mean < 4 * small_mean + 0.5, timings
+    # a random sample of the million SIDs walks to its own item
+    paths = _paths(trie, 64)
+    eos = torch.full((64, 1), trie.eos_token_id)
+    items = trie.lookup(torch.cat([torch.tensor(paths), eos], dim=1))
+    assert all(i is not None for i in items) and len(set(items)) == 64
 
 
 def _paths(trie: SIDTrie, n: int) -> list[list[int]]:
@@ -463,8 +406,12 @@ def test_vllm_generation_stays_in_catalog(tmp_path):
                    enforce_eager=True)
     params = vllm.SamplingParams(temperature=1.0, max_tokens=trie.depth + 1, n=8,
                                  extra_args=trie_extra_args(tmp_path / "trie"))
+    by_sid = {tuple(tokenizer.convert_tokens_to_ids(sid_tokens(c))): iid for iid, c in sids.items()}
     for out in llm.generate(prompts_for(sids, 4), params):
+        assert len(out.outputs) == 8
         for completion in out.outputs:
             ids = list(completion.token_ids)
-            ids = ids if ids and ids[-1] == EOS else ids + [EOS]
-            assert trie.lookup(torch.tensor([ids]))[0] is not None, ids
+            sid = tuple(ids[:-1] if ids and ids[-1] == EOS else ids)
+            assert sid in by_sid, f"{ids} is not the SID of a catalog item"
+            item = trie.lookup(torch.tensor([[*sid, EOS]]))[0]
+            assert trie.item_ids[item] == by_sid[sid]

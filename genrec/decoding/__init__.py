@@ -1,14 +1,28 @@
 """Trie-constrained decoding: every recommendation is a real catalog item.
 
-`SIDTrie` (trie.py) is the framework-free core; `TrieLogitsProcessor` and `recommend` (hf.py) adapt it to
-transformers' beam search; genrec.decoding.vllm adapts it to vLLM (imported on demand, vllm is optional).
+- `genrec.decoding.trie`: `SIDTrie`, the framework-free core (torch tensors only; never imports transformers);
+- `genrec.decoding.beam`: genrec's beam search over the trie, `recommend` and `DecodeConfig`;
+- `genrec.decoding.hf`: the transformers adapter (`TrieLogitsProcessor` for ``generate``);
+- `genrec.decoding.vllm`: the vLLM adapter (vllm is optional).
+
+Names are imported on first use, so ``import genrec.decoding.trie`` loads neither transformers nor vLLM.
 
 Example:
-    >>> trie = SIDTrie.from_sids(load_sids(run_dir / "sids.json"), tokenizer)  # doctest: +SKIP
+    >>> trie = SIDTrie.from_sids(sids, tokenizer)  # doctest: +SKIP
     >>> recommend(model, tokenizer, prompts, trie, k=10, num_beams=20)[0].items  # doctest: +SKIP
 """
 
-from genrec.decoding.hf import Recommendation, TrieLogitsProcessor, generation_config, recommend
-from genrec.decoding.trie import DEAD, DONE, SIDTrie
+import importlib
 
-__all__ = ["DEAD", "DONE", "Recommendation", "SIDTrie", "TrieLogitsProcessor", "generation_config", "recommend"]
+_EXPORTS = {
+    "DEAD": "trie", "DONE": "trie", "SIDTrie": "trie",
+    "DecodeConfig": "beam", "Recommendation": "beam", "recommend": "beam", "trie_beam_search": "beam",
+    "TrieLogitsProcessor": "hf", "generation_config": "hf",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'genrec.decoding' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"genrec.decoding.{_EXPORTS[name]}"), name)

@@ -104,7 +104,7 @@ class SIDTrie:
         """Build from an item -> SID codes map (``sids.json``) and a tokenizer that holds the SID tokens.
 
         Example:
-            >>> trie = SIDTrie.from_sids(load_sids(run_dir / "sids.json"), tokenizer)  # doctest: +SKIP
+            >>> trie = SIDTrie.from_sids(Run(run_dir).sids(), tokenizer)  # doctest: +SKIP
         """
         if not sids:
             raise ValueError("empty item -> SID map; run the quantize stage first")
