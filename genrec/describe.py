@@ -18,7 +18,7 @@ Teachers:
 
 Example:
     >>> run_describe(Path("runs/demo"), DescribeConfig(teacher="tfidf"))  # doctest: +SKIP
-    >>> load_token_semantics(Path("runs/demo"))["<a_12>"]["keywords"][:3]  # doctest: +SKIP
+    >>> Run("runs/demo").token_semantics()["<a_12>"]["keywords"][:3]  # doctest: +SKIP
     ['gloves', 'nitrile', 'disposable']
 """
 
@@ -38,13 +38,12 @@ from pathlib import Path
 import numpy as np
 
 from genrec.encoders import item_text
-from genrec.io import read_json, write_json
-from genrec.sid import load_sids, sid_token
+from genrec.io import write_json
+from genrec.sid import sid_token
 
 logger = logging.getLogger(__name__)
 
 PROMPT_FILE = Path(__file__).parent / "prompts" / "describe_token.txt"
-ENTRY_KEYS = ("level", "code", "items", "keywords", "description")
 
 
 @dataclass
@@ -365,37 +364,18 @@ def run_describe(run_dir: Path, cfg: DescribeConfig, *, transport=None) -> None:
     """
     from tqdm.auto import tqdm
 
-    from genrec.data import read_items
+    from genrec.artifacts import TOKEN_SEMANTICS, TOKEN_SEMANTICS_CACHE, Run
 
-    run_dir = Path(run_dir)
-    groups = group_tokens(load_sids(run_dir / "sids.json"))
-    items = read_items(run_dir)
+    run = Run(run_dir)
+    groups = group_tokens(run.sids())
+    items = run.items()
     if cfg.teacher == "tfidf":
         teacher = TfidfTeacher(items, cfg)
         answers = {tok: teacher.describe(g["items"]) for tok, g in tqdm(groups.items(), desc="describe")}
     else:
         teacher = OpenAITeacher(items, cfg, transport)
-        answers = _describe_with_llm(teacher, groups, run_dir / "token_semantics.cache.jsonl")
+        answers = _describe_with_llm(teacher, groups, run.path(TOKEN_SEMANTICS_CACHE))
     semantics = {tok: {**g, **answers[tok]} for tok, g in groups.items()}
-    write_json(run_dir / "token_semantics.json", semantics)
+    write_json(run.path(TOKEN_SEMANTICS), semantics)
     for tok in list(semantics)[:3]:
         logger.info("%s (%d items): %s", tok, len(semantics[tok]["items"]), semantics[tok]["description"])
-
-
-def load_token_semantics(run_dir: Path) -> dict[str, dict]:
-    """token_semantics.json: SID token -> {"level", "code", "items", "keywords", "description"}, checked.
-
-    Example:
-        >>> load_token_semantics(Path("runs/demo"))["<b_7>"]["level"]  # doctest: +SKIP
-        1
-    """
-    path = Path(run_dir) / "token_semantics.json"
-    raw = read_json(path)
-    if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: expected a non-empty mapping SID token -> entry; re-run the describe stage")
-    for tok, entry in raw.items():
-        missing = [k for k in ENTRY_KEYS if not isinstance(entry, dict) or k not in entry]
-        if missing or not isinstance(entry["keywords"], list) or not isinstance(entry["description"], str):
-            raise ValueError(f"{path}: entry {tok!r} is malformed (missing {missing or 'nothing'}; keywords must be "
-                             "a list, description a string); re-run the describe stage")
-    return raw

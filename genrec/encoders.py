@@ -143,28 +143,32 @@ def load_encoder(cfg: EmbedConfig) -> Encoder:
     return Encoder(cfg)
 
 
+def nearest_items(item_ids: list[str], vectors: np.ndarray, k: int, chunk: int = 1024) -> dict[str, list[str]]:
+    """Each item's `k` nearest other items by cosine similarity of `vectors` (row i = item_ids[i], L2-normalised),
+    closest first. Example: ``nearest_items(["a", "b", "c"], unit_vectors, 1)["a"] == ["c"]``."""
+    import torch
+
+    vecs = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    out = {}
+    for start in range(0, len(item_ids), chunk):
+        sims = vecs[start:start + chunk] @ vecs.T
+        sims[torch.arange(sims.shape[0]), torch.arange(start, start + sims.shape[0])] = -2.0  # not itself
+        top = sims.topk(min(k, len(item_ids) - 1), dim=1).indices.tolist()
+        out.update({item_ids[start + r]: [item_ids[j] for j in js] for r, js in enumerate(top)})
+    return out
+
+
 def run_embed(run_dir: Path, cfg: EmbedConfig) -> None:
     """The `embed` stage: items.jsonl -> item_emb.npy (row i = items.jsonl line i) + item_emb.json."""
-    from genrec.data import read_items
+    from genrec.artifacts import ITEM_EMB, ITEM_EMB_META, Run
 
-    items = read_items(run_dir)
+    run = Run(run_dir)
+    items = run.items()
     texts = [item_text(it, cfg.template, cfg.max_chars) for it in items]
     logger.info("embedding %d items with %s (%s)", len(texts), cfg.model, cfg.backend)
     emb = load_encoder(cfg).encode(texts, show_progress=True)
-    write_npy(run_dir / "item_emb.npy", emb)
-    write_json(run_dir / "item_emb.json", {
+    write_npy(run.path(ITEM_EMB), emb)
+    write_json(run.path(ITEM_EMB_META), {
         "item_ids": [it["item_id"] for it in items], "dim": int(emb.shape[1]), "recipe": asdict(cfg),
         "example_text": texts[0],
     })
-
-
-def load_item_embeddings(run_dir: Path) -> tuple[list[str], np.ndarray]:
-    """(item_ids, embeddings) as written by the embed stage, checked against each other."""
-    from genrec.io import read_json
-
-    meta = read_json(Path(run_dir) / "item_emb.json")
-    emb = np.load(Path(run_dir) / "item_emb.npy")
-    if emb.shape[0] != len(meta["item_ids"]):
-        raise ValueError(f"{run_dir}/item_emb.npy has {emb.shape[0]} rows for {len(meta['item_ids'])} items; "
-                         "delete it and re-run the embed stage")
-    return meta["item_ids"], emb

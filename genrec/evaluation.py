@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
+from genrec.artifacts import METRICS, PREDICTIONS
 from genrec.io import write_json, write_jsonl
 
 KS = (1, 3, 5, 10, 20)
@@ -68,12 +69,12 @@ def write_results(
     }
     out_dir = Path(out_dir)
     write_jsonl(
-        out_dir / "predictions.jsonl",
+        out_dir / PREDICTIONS,
         (
             {"user_id": r.get("user_id"), "target": r["target"], "topk": list(p),
              **({"scores": [round(float(s), 6) for s in scores[i]]} if scores is not None else {})}
             for i, (r, p) in enumerate(zip(rows, ranked))
         ),
     )
-    write_json(out_dir / "metrics.json", metrics)
+    write_json(out_dir / METRICS, metrics)
     return metrics

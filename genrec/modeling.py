@@ -14,7 +14,7 @@ SID tokens (``<a_12>``) are ordinary added tokens, not special ones: ``decode(..
 embeddings of its keywords' sub-tokens, rescaled to the mean row norm of the original embedding matrix.
 
 Example:
-    >>> model, tok = prepare_model(ModelConfig(sid_init="sa"), Path("runs/demo"))  # doctest: +SKIP
+    >>> model, tok = prepare_model(ModelConfig(sid_init="sa"), sids, semantics=semantics)  # doctest: +SKIP
     >>> tok.decode(tok("<a_12><b_7><c_200>")["input_ids"], skip_special_tokens=True)  # doctest: +SKIP
     '<a_12><b_7><c_200>'
     >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids)  # doctest: +SKIP
@@ -30,14 +30,18 @@ from pathlib import Path
 
 import torch
 
-from genrec.io import read_json, write_json
-from genrec.sid import SID_TOKEN_RE, all_sid_tokens, load_sids, sid_vocab
+from genrec.io import write_json, write_jsonl
+from genrec.sid import SID_TOKEN_RE, all_sid_tokens, sid_vocab
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 SID_INIT_MODES = ("sa", "mean", "random")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+# a checkpoint directory: save_pretrained files plus these (read by genrec.recommender.load_recommender)
+CHECKPOINT_SIDS = "sids.json"
+CHECKPOINT_META = "genrec.json"
+CHECKPOINT_CATALOG = "catalog.jsonl"
 # WordPiece decoding puts a space before every token that lacks the "##" prefix; marking SID tokens of level b+
 # as continuations glues a SID together (<a_12><b_7>) while separate SIDs and text stay space-separated.
 _GLUE_SID = r"^<(?=[b-z]_\d+>$)"
@@ -290,50 +294,41 @@ def init_sid_embeddings(model, tokenizer, token_semantics: dict, mode: str, *, t
                 from_mean if mode != "random" else 0, f", {len(targets)} random" if mode == "random" else "")
 
 
-def _codebook_sizes(run_dir: Path) -> list[int] | None:
-    path = run_dir / "sid_report.json"
-    if not path.exists():
-        logger.warning("%s missing: adding only the SID codes that occur in sids.json", path)
-        return None
-    levels = read_json(path).get("levels")
-    try:
-        return [int(level["codebook_size"]) for level in levels]
-    except (TypeError, KeyError, ValueError):
-        raise ValueError(f"{path}: expected 'levels': [{{'codebook_size': int, ...}}, ...]; "
-                         "re-run the quantize stage") from None
+def prepare_model(cfg: ModelConfig, sids: dict[str, list[int]], *, codebook_sizes: list[int] | None = None,
+                  semantics: dict[str, dict] | None = None):
+    """Base model + tokenizer with the SID tokens of `sids` added and initialised per cfg.sid_init.
 
-
-def prepare_model(cfg: ModelConfig, run_dir: Path):
-    """Base model + tokenizer with every SID token of the run added and initialised per cfg.sid_init.
-
-    All codes of each level's codebook (sid_report.json) become tokens, so the checkpoint can host any SID map
-    with these codebooks. Tokens the base already has (a genrec checkpoint) keep their trained embeddings.
+    With `codebook_sizes` (sid_report.json) all codes of each level's codebook become tokens, so the checkpoint can
+    host any SID map with these codebooks; without them only the codes that occur. `semantics` (token_semantics.json)
+    holds the keywords SA-Init averages. Tokens the base already has (a genrec checkpoint) keep their trained
+    embeddings.
 
     Example:
-        >>> model, tok = prepare_model(ModelConfig(), Path("runs/industrial-cpu"))  # doctest: +SKIP
+        >>> model, tok = prepare_model(ModelConfig(), run.sids(), codebook_sizes=run.codebook_sizes(),
+        ...                            semantics=run.token_semantics())  # doctest: +SKIP
     """
-    from genrec.describe import load_token_semantics
-
-    run_dir = Path(run_dir)
+    if codebook_sizes is None:
+        logger.warning("no codebook sizes (sid_report.json): adding only the SID codes that occur in the SID map")
     model, tok = load_base_model(cfg)
-    tokens = all_sid_tokens(load_sids(run_dir / "sids.json"), _codebook_sizes(run_dir))
+    tokens = all_sid_tokens(sids, codebook_sizes)
     vocab = tok.get_vocab()
     new = [t for t in tokens if t not in vocab]
     add_sid_tokens(model, tok, tokens)
     if new:
-        if cfg.sid_init == "sa" and not (run_dir / "token_semantics.json").exists():
-            raise FileNotFoundError(f"{run_dir}/token_semantics.json is missing: run the describe stage first "
-                                    "or set model.sid_init to 'mean' or 'random'")
-        semantics = load_token_semantics(run_dir) if cfg.sid_init == "sa" else {}
-        init_sid_embeddings(model, tok, semantics, cfg.sid_init, tokens=new)
+        if cfg.sid_init == "sa" and not semantics:
+            raise ValueError("SA-Init needs the SID tokens' keywords (token_semantics.json of the describe stage): "
+                             "run the describe stage first or set model.sid_init to 'mean' or 'random'")
+        init_sid_embeddings(model, tok, semantics or {}, cfg.sid_init, tokens=new)
     return model, tok
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | None = None) -> None:
-    """save_pretrained model + tokenizer, plus sids.json (and genrec.json = extra), into out_dir atomically.
+def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | None = None,
+                    titles: dict[str, str] | None = None) -> None:
+    """save_pretrained model + tokenizer, plus sids.json, genrec.json (= extra: how it was trained, see
+    `genrec.recommender.checkpoint_metadata`) and catalog.jsonl (item_id, title), into out_dir atomically.
 
     Everything is written to a temporary sibling directory that then replaces out_dir, so a killed save never
     leaves a half-written checkpoint. Call it on the main process only.
@@ -349,9 +344,7 @@ def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | N
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(tmp / "sids.json", sids)
-        if extra is not None:
-            write_json(tmp / "genrec.json", extra)
+        write_checkpoint_extras(tmp, sids, extra, titles)
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
@@ -359,6 +352,17 @@ def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | N
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint to %s", out_dir)
+
+
+def write_checkpoint_extras(out_dir: Path, sids: dict, extra: dict | None = None,
+                            titles: dict[str, str] | None = None) -> None:
+    """genrec's files beside the save_pretrained ones: sids.json, genrec.json (when `extra`), catalog.jsonl (when
+    `titles`)."""
+    write_json(Path(out_dir) / CHECKPOINT_SIDS, sids)
+    if extra is not None:
+        write_json(Path(out_dir) / CHECKPOINT_META, extra)
+    if titles:
+        write_jsonl(Path(out_dir) / CHECKPOINT_CATALOG, ({"item_id": i, "title": titles.get(i, "")} for i in sids))
 
 
 def load_model_and_tokenizer(path, torch_dtype: str = "float32"):

@@ -19,21 +19,15 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import bootstrap
 
+from genrec.artifacts import PREDICTIONS, Run
 from genrec.evaluation import row_metrics
-from genrec.io import read_json, read_jsonl
 
 COLUMNS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 
 def collect(run_dir: Path) -> list[dict]:
     """metrics.json of eval/<split>/ and baselines/<name>/<split>/, model first."""
-    paths = sorted(run_dir.glob("eval/*/metrics.json")) + sorted(run_dir.glob("baselines/*/*/metrics.json"))
-    out = []
-    for path in paths:
-        m = read_json(path)
-        m.setdefault("method", path.parent.parent.name)
-        out.append(m)
-    return out
+    return Run(run_dir).metrics()
 
 
 def markdown_table(metrics: list[dict], runs: bool = False) -> str:
@@ -49,11 +43,11 @@ def markdown_table(metrics: list[dict], runs: bool = False) -> str:
 
 def row_scores(run_dir: Path, split: str) -> tuple[list, dict[str, np.ndarray]]:
     """The model evaluation's per-row HR@K / NDCG@K on a split, with the (user_id, target) key of each row."""
-    path = run_dir / "eval" / split / "predictions.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; --paired compares model evaluations: run "
-                                f"`genrec evaluate --run-dir {run_dir} --split {split}` first")
-    rows = list(read_jsonl(path))
+    run = Run(run_dir)
+    if not (run.eval_dir(split) / PREDICTIONS).exists():
+        raise FileNotFoundError(f"{run.eval_dir(split) / PREDICTIONS} is missing; --paired compares model "
+                                f"evaluations: run `genrec evaluate --run-dir {run_dir} --split {split}` first")
+    rows = run.predictions(split)
     keys = [(r.get("user_id"), r["target"]) for r in rows]
     per_row = row_metrics([r["topk"] for r in rows], [r["target"] for r in rows])
     return keys, {name: np.asarray(per_row[name]) for name in COLUMNS}

@@ -20,12 +20,12 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,22 +33,26 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 from transformers.utils import ModelOutput
 from trl import SFTConfig, SFTTrainer
 
-from genrec.data import read_split
+from genrec.artifacts import SIDS, SPLIT, TOKEN_SEMANTICS, Run
+from genrec.decoding.beam import DecodeConfig
 from genrec.evaluation import KS, ranking_metrics
 from genrec.io import write_json
-from genrec.modeling import ModelConfig, prepare_model, save_checkpoint
-from genrec.sid import load_sids, sid_string, sid_vocab
+from genrec.modeling import ModelConfig, prepare_model, save_checkpoint, write_checkpoint_extras
+from genrec.precision import default_device, describe_device, resolve_bf16
+from genrec.recommender import Recommender, checkpoint_metadata
+from genrec.sid import sid_string, sid_vocab
 from genrec.tasks import (
     TASKS,
+    Catalog,
     TaskOptions,
     build_sft_dataset,
     check_task_mix,
     encode_example,
-    encode_prompt,
-    sid_history_prompt,
+    next_item_prompt,
 )
 
 logger = logging.getLogger(__name__)
@@ -76,7 +80,12 @@ class GenRecSFTArguments:
         metadata={"help": "Curriculum: passes over the alignment tasks (title2sid, sid2title, token2desc, "
                   "desc2token, at their task_mix ratios) before the num_train_epochs passes over the whole mix."},
     )
-    max_history: int = field(default=10, metadata={"help": "History items in a next-item prompt (the latest)."})
+    max_history: int | None = field(
+        default=None,
+        metadata={"help": "History items in a next-item prompt (the latest); None = all the items a row holds (the "
+                  "data stage keeps data.max_history). Recorded in the checkpoint, so inference builds the same "
+                  "prompt."},
+    )
     max_title_words: int = field(default=20, metadata={"help": "Titles are cut to this many words."})
     max_description_words: int = field(default=40, metadata={"help": "Token descriptions are cut to this many words."})
     knn_neighbours: int = field(
@@ -91,7 +100,8 @@ class GenRecSFTArguments:
         default=1000, metadata={"help": "Valid rows decoded for model selection (a fixed random subset; 0 = all)."}
     )
     eval_num_beams: int = field(
-        default=20, metadata={"help": "Beams of the constrained beam search during model selection (= items kept)."}
+        default=DecodeConfig.beam,
+        metadata={"help": "Beams of the constrained beam search during model selection (= items kept)."},
     )
     max_minutes: float | None = field(
         default=None,
@@ -120,12 +130,14 @@ class GenRecSFTArguments:
         self.task_mix = check_task_mix(self.task_mix)
         if self.align_epochs < 0 or self.eval_rows < 0 or self.eval_num_beams < 1:
             raise ValueError("align_epochs and eval_rows must be >= 0 and eval_num_beams >= 1")
+        if self.max_history is not None and self.max_history < 1:
+            raise ValueError(f"max_history={self.max_history}: must be >= 1, or null for the whole history")
         if self.eval_num_beams < 10:
             raise ValueError(f"eval_num_beams={self.eval_num_beams}: HR@10 needs at least 10 beams")
 
     @property
     def final_dir(self) -> Path:
-        return Path(self.run_dir) / "checkpoints" / "sft"
+        return Run(self.run_dir).checkpoint("sft")
 
     def task_options(self) -> TaskOptions:
         return TaskOptions(self.max_history, self.max_title_words, self.max_description_words, self.knn_neighbours)
@@ -195,17 +207,39 @@ def add_sid_head(model, sid_token_ids: list[int] | None) -> None:
 # ----------------------------------------------------------------------------- trainer
 
 
-class GenRecSFTTrainer(SFTTrainer):
-    """`SFTTrainer` with the label-position SID head, ranking evaluation by constrained beam search, and the SID
-    map saved into every checkpoint. `ranking_rows` are (prompt text, target item) pairs decoded at evaluation."""
+@dataclass
+class GenRecSFTConfig(SFTConfig):
+    """TRL's `SFTConfig` with precision chosen from the hardware: ``bf16`` unset means auto (genrec.precision)."""
 
-    def __init__(self, *args, sids: dict, ranking_rows: list[tuple[str, str]], num_beams: int = 20,
-                 sid_softmax: bool = True, **kwargs):
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 mixed precision for training and in-training ranking: unset = auto (bf16 only where "
+                  "the device runs it natively: bf16 GPUs, CPUs with AVX512-BF16 or AMX; float32 elsewhere); "
+                  "true forces it (with a warning where it would be emulated, 10-26x slower); false = float32."},
+    )
+
+    def __post_init__(self):
+        if not self.fp16:
+            device = default_device(self.use_cpu)
+            if self.bf16 is None and device == "cpu" and not self.use_cpu:
+                self.bf16 = False  # transformers accepts bf16 on a CPU only with use_cpu: true
+            self.bf16 = resolve_bf16(self.bf16, device, "SFT")
+        super().__post_init__()
+
+
+class GenRecSFTTrainer(SFTTrainer):
+    """`SFTTrainer` with the label-position SID head, ranking evaluation by constrained beam search (the same
+    `Recommender.recommend` as `genrec evaluate`), and the SID map saved into every checkpoint. `ranking_rows` are
+    (history item ids, target item) pairs decoded at evaluation; `max_history` is the prompt length."""
+
+    def __init__(self, *args, sids: dict, ranking_rows: list[tuple[list[str], str]], num_beams: int,
+                 sid_softmax: bool, max_history: int | None, **kwargs):
         super().__init__(*args, **kwargs)
         self.sids = sids
         self.ranking_rows = ranking_rows
-        self.num_beams = num_beams
-        self.sid_softmax = sid_softmax
+        self.decode = DecodeConfig(beam=num_beams, batch_size=self.args.per_device_eval_batch_size,
+                                   softmax="sid" if sid_softmax else "full", bf16=bool(self.args.bf16))
+        self.max_history = max_history
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_sid_head(base, list(sid_vocab(self.processing_class).values()) if sid_softmax else None)
         self._trie = None
@@ -228,34 +262,30 @@ class GenRecSFTTrainer(SFTTrainer):
         self.log(ranking)
         return {**metrics, **ranking}
 
+    def recommender(self) -> Recommender:
+        """The model being trained as a `Recommender` (the trie is built once)."""
+        rec = Recommender(self.accelerator.unwrap_model(self.model), self.processing_class, self.sids,
+                          max_history=self.max_history, bf16=bool(self.args.bf16), trie=self._trie)
+        self._trie = rec.trie
+        return rec
+
     def ranking_metrics(self) -> dict[str, float]:
         from accelerate.utils import gather_object
 
-        from genrec.decoding import SIDTrie, recommend
-
-        model = self.accelerator.unwrap_model(self.model)
-        if self._trie is None:
-            self._trie = SIDTrie.from_sids(self.sids, self.processing_class)
-        start, was_training = time.time(), model.training
-        model.eval()
+        start = time.time()
         # apply_padding: equal shards, so ranks run the same number of forward passes (needed under ZeRO-3)
-        autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bool(self.args.bf16))
-        with self.accelerator.split_between_processes(self.ranking_rows, apply_padding=True) as shard, autocast:
-            recs = recommend(model, self.processing_class, [p for p, _ in shard], self._trie, k=self.num_beams,
-                             num_beams=self.num_beams, batch_size=self.args.per_device_eval_batch_size,
-                             encode=functools.partial(encode_prompt, self.processing_class),
-                             softmax="sid" if self.sid_softmax else "full")
-        model.train(was_training)
+        with self.accelerator.split_between_processes(self.ranking_rows, apply_padding=True) as shard:
+            recs = self.recommender().recommend([h for h, _ in shard], self.decode)
         recs = gather_object([(r.items, r.invalid) for r in recs])[: len(self.ranking_rows)]
         out = ranking_metrics([items for items, _ in recs], [t for _, t in self.ranking_rows],
-                              ks=[k for k in KS if k <= self.num_beams])
+                              ks=[k for k in KS if k <= self.decode.beam])
         out["invalid"] = sum(inv for _, inv in recs)
         out["ranking_seconds"] = round(time.time() - start, 1)
         return out
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         super()._save(output_dir, state_dict)
-        write_json(Path(output_dir or self.args.output_dir) / "sids.json", self.sids)
+        write_checkpoint_extras(Path(output_dir or self.args.output_dir), self.sids)
 
 
 class TimeBudgetCallback(TrainerCallback):
@@ -278,14 +308,13 @@ class TimeBudgetCallback(TrainerCallback):
 # ----------------------------------------------------------------------------- building a run
 
 
-def ranking_rows(run_dir: Path, sids: dict, n: int, max_history: int, seed: int = 0,
-                 split: str = "valid") -> list[tuple[str, str]]:
-    """(next-item prompt text, target item) for a fixed random subset of `split` (`n` rows; 0 = all)."""
-    rows = [r for r in read_split(run_dir, split) if r["target"] in sids and any(i in sids for i in r["history"])]
+def selection_rows(rows: list[dict], sids: dict, n: int, seed: int = 0) -> list[tuple[list[str], str]]:
+    """(history, target) of a fixed random subset of `rows` (`n` rows; 0 = all) whose target and at least one
+    history item have a SID: the rows model selection decodes."""
+    rows = [r for r in rows if r["target"] in sids and any(i in sids for i in r["history"])]
     if n and n < len(rows):
         rows = random.Random(seed).sample(rows, n)
-    history = [[sid_string(sids[i]) for i in r["history"] if i in sids][-max_history:] for r in rows]
-    return [(sid_history_prompt(h), r["target"]) for h, r in zip(history, rows, strict=True)]
+    return [(r["history"], r["target"]) for r in rows]
 
 
 def lora_config(args: GenRecSFTArguments):
@@ -317,23 +346,20 @@ def _is_complete(checkpoint: Path) -> bool:
 
 
 def find_resume_checkpoint(training_args: SFTConfig) -> str | None:
-    """--resume_from_checkpoint: a path, or 'auto' for the latest complete checkpoint in output_dir (None when
-    there is none; 'last' raises instead). A checkpoint cut short by a kill during its save is skipped."""
+    """--resume_from_checkpoint: a path, or 'auto' for the latest checkpoint in output_dir (None when there is
+    none; 'last' raises instead). `_check_auto_resume` has already removed checkpoints cut short by a kill."""
     value = training_args.resume_from_checkpoint
     if value not in ("auto", "last", "true", "True"):
         return value
-    found = [p for p in Path(training_args.output_dir).glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    for checkpoint in sorted(found, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
-        if _is_complete(checkpoint):
-            return str(checkpoint)
-        logger.warning("skipping %s: it was not saved completely", checkpoint)
-    if value != "auto":
-        raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {training_args.output_dir}")
-    return None
+    out = Path(training_args.output_dir)
+    found = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if found is None and value != "auto":
+        raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {out}")
+    return found
 
 
 # run-directory inputs a checkpoint depends on: a re-quantized SID map or new token semantics must not be resumed
-SIGNATURE_INPUTS = ("sids.json", "token_semantics.json", "splits/train.jsonl")
+SIGNATURE_INPUTS = (SIDS, TOKEN_SEMANTICS, SPLIT.format(split="train"))
 
 
 def _run_signature(args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig) -> str:
@@ -349,12 +375,16 @@ def _run_signature(args: GenRecSFTArguments, model_args: ModelConfig, training_a
 
 
 def _check_auto_resume(signature: str, training_args: SFTConfig, fresh: bool = False) -> None:
-    """With resume 'auto', checkpoints of another configuration or other inputs (or all, when `fresh`) are
-    discarded instead of resumed."""
-    import shutil
-
+    """Before resuming: remove checkpoints a kill cut short during their save (the trainer does not save
+    atomically), and with resume 'auto' discard checkpoints of another configuration or other inputs (or all, when
+    `fresh`) instead of resuming them."""
     out = Path(training_args.output_dir)
     marker = out / "genrec_run.json"
+    if training_args.process_index == 0:
+        for ckpt in out.glob("checkpoint-*"):
+            if not _is_complete(ckpt):
+                logger.warning("removing %s: it was not saved completely", ckpt)
+                shutil.rmtree(ckpt)
     if training_args.resume_from_checkpoint == "auto" and (marker.exists() or fresh):
         stale = fresh or json.loads(marker.read_text()).get("signature") != signature
         if stale and training_args.process_index == 0:
@@ -369,23 +399,39 @@ def _check_auto_resume(signature: str, training_args: SFTConfig, fresh: bool = F
         write_json(marker, {"signature": signature})
 
 
-def save_final(trainer: GenRecSFTTrainer, args: GenRecSFTArguments) -> None:
-    """The (best, when selection ran) model with tokenizer and SID map into <run_dir>/checkpoints/sft."""
+def save_final(trainer: GenRecSFTTrainer, args: GenRecSFTArguments, titles: dict[str, str]) -> None:
+    """The (best, when selection ran) model with tokenizer, SID map, catalog titles and how it was trained
+    (genrec.json: prompt settings, precision, selection) into <run_dir>/checkpoints/sft."""
     state = trainer.state
-    extra = {"stage": "sft", "metric": trainer.args.metric_for_best_model, "best_metric": state.best_metric,
-             "best_step": state.best_global_step, "global_step": state.global_step,
-             "best_checkpoint": state.best_model_checkpoint}
+    extra = checkpoint_metadata(
+        trainer.max_history, bool(trainer.args.bf16), stage="sft", metric=trainer.args.metric_for_best_model,
+        best_metric=state.best_metric, best_step=state.best_global_step, global_step=state.global_step,
+        best_checkpoint=state.best_model_checkpoint, sid_softmax=args.sid_softmax,
+        trained_on=describe_device(trainer.args.device))
     if trainer.is_deepspeed_enabled:  # ZeRO-3 weights are sharded: let the trainer gather them
         trainer.save_model(str(args.final_dir))
         if trainer.is_world_process_zero():
-            write_json(args.final_dir / "genrec.json", extra)
+            write_checkpoint_extras(args.final_dir, trainer.sids, extra, titles)
         return
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         model = trainer.accelerator.unwrap_model(trainer.model)
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
-        save_checkpoint(model, trainer.processing_class, args.final_dir, trainer.sids, extra)
+        save_checkpoint(model, trainer.processing_class, args.final_dir, trainer.sids, extra, titles=titles)
+
+
+def sft_catalog(run: Run, knn_neighbours: int = 0) -> Catalog:
+    """The run's items as the SFT tasks read them; `knn_neighbours` > 0 adds content neighbours (seq_knn)."""
+    sids = run.sids()
+    semantics = run.token_semantics() if run.exists(TOKEN_SEMANTICS) else {}
+    neighbours = {}
+    if knn_neighbours > 0:
+        from genrec.encoders import nearest_items
+
+        ids = list(sids)
+        neighbours = nearest_items(ids, run.item_embeddings().aligned(ids), knn_neighbours)
+    return Catalog(run.titles(), {iid: sid_string(c) for iid, c in sids.items()}, semantics, neighbours)
 
 
 def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig, *, fresh: bool = False
@@ -394,29 +440,32 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
     `fresh` discards the output folder's checkpoints instead of resuming them (the pipeline's --force)."""
     from datasets import Dataset
 
-    run_dir = Path(args.run_dir)
+    run = Run(args.run_dir)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.world_size == 1:
         raise ValueError(f"{os.environ['WORLD_SIZE']} processes were launched but each trains alone: without a GPU "
                          "set use_cpu: true (or --use_cpu true) so they run DDP over gloo")
     training_args = resolve_training_args(args, training_args)
     _check_auto_resume(_run_signature(args, model_args, training_args), training_args, fresh)
-    model, tokenizer = prepare_model(model_args, run_dir)
-    sids = load_sids(run_dir / "sids.json")
-    train = build_sft_dataset(run_dir, tokenizer, args.task_mix, args.task_options(),
+    catalog = sft_catalog(run, args.knn_neighbours if args.task_mix.get("seq_knn", 0) > 0 else 0)
+    sids = run.sids()
+    model, tokenizer = prepare_model(model_args, sids, codebook_sizes=run.codebook_sizes(),
+                                     semantics=catalog.semantics if model_args.sid_init == "sa" else None)
+    train = build_sft_dataset(catalog, run.split("train"), tokenizer, args.task_mix, args.task_options(),
                               epochs=training_args.num_train_epochs, align_epochs=args.align_epochs,
                               seed=training_args.seed, batch_size=training_args.per_device_train_batch_size)
     logger.info("schedule: %d examples (%.2f align + %.2f mix epochs) in one pass", len(train), args.align_epochs,
                 training_args.num_train_epochs)
     training_args.num_train_epochs = 1  # the schedule already holds every epoch
-    rows = ranking_rows(run_dir, sids, args.eval_rows, args.max_history, seed=training_args.seed)
-    eval_set = Dataset.from_list([encode_example(tokenizer, p, sid_string(sids[t])) for p, t in rows])
+    rows = selection_rows(run.split("valid"), sids, args.eval_rows, seed=training_args.seed)
+    eval_set = Dataset.from_list([encode_example(tokenizer, next_item_prompt(h, catalog.sids, args.max_history),
+                                                 catalog.sids[t]) for h, t in rows])
     trainer = GenRecSFTTrainer(
         model=model, args=training_args, train_dataset=train,
         eval_dataset=eval_set if training_args.eval_strategy != "no" else None, processing_class=tokenizer,
         peft_config=lora_config(args) if args.use_lora else None,
         callbacks=[TimeBudgetCallback(args.max_minutes)] if args.max_minutes else None,
-        sids=sids, ranking_rows=rows,
-        num_beams=args.eval_num_beams, sid_softmax=args.sid_softmax,
+        sids=sids, ranking_rows=rows, num_beams=args.eval_num_beams, sid_softmax=args.sid_softmax,
+        max_history=args.max_history,
     )
     start, resume = time.time(), find_resume_checkpoint(training_args)
     if resume:
@@ -425,13 +474,13 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
     logger.info("SFT finished: %d steps in %.1f min; best %s = %s at step %s", trainer.state.global_step,
                 (time.time() - start) / 60, training_args.metric_for_best_model, trainer.state.best_metric,
                 trainer.state.best_global_step)
-    save_final(trainer, args)
+    save_final(trainer, args, catalog.titles)
     return args.final_dir
 
 
 # ----------------------------------------------------------------------------- config files and the pipeline stage
 
-SFT_DATACLASSES = (GenRecSFTArguments, ModelConfig, SFTConfig)
+SFT_DATACLASSES = (GenRecSFTArguments, ModelConfig, GenRecSFTConfig)
 
 
 def parse_sft_config(path: str | Path, overrides: dict | None = None):

@@ -14,9 +14,6 @@ Example:
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-from genrec.io import read_json
 
 LEVEL_LETTERS = "abcdefghijklmnopqrstuvwxyz"
 _TOKEN = re.compile(r"<([a-z])_(\d+)>")
@@ -65,20 +62,20 @@ def all_sid_tokens(sids: dict[str, list[int]], codebook_sizes: list[int] | None 
     return [sid_token(level, c) for level, codes in enumerate(used) for c in codes]
 
 
-def load_sids(path: str | Path) -> dict[str, list[int]]:
-    """Read sids.json (item_id -> list of codes) and check that every SID is unique."""
-    path = Path(path)
-    raw = read_json(path)
+def check_sids(raw, where: str = "the SID map") -> dict[str, list[int]]:
+    """An item -> SID codes mapping (as read from sids.json), checked: non-empty, codes non-negative ints, every
+    SID unique. Returns it with string item ids. `where` names the source in error messages."""
     if not isinstance(raw, dict) or not raw:
-        raise ValueError(f"{path}: expected a non-empty mapping item_id -> list of codes")
+        raise ValueError(f"{where}: expected a non-empty mapping item_id -> list of codes")
     seen: dict[tuple, str] = {}
     sids = {}
     for iid, codes in raw.items():
-        if not isinstance(codes, list) or not codes or not all(isinstance(c, int) and c >= 0 for c in codes):
-            raise ValueError(f"{path}: item {iid!r} has SID {codes!r}; expected a list of non-negative ints")
+        if not isinstance(codes, list) or not codes or not all(
+                isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in codes):
+            raise ValueError(f"{where}: item {iid!r} has SID {codes!r}; expected a list of non-negative ints")
         key = tuple(codes)
         if key in seen:
-            raise ValueError(f"{path}: items {seen[key]!r} and {iid!r} share SID {codes}; re-run the quantize stage")
+            raise ValueError(f"{where}: items {seen[key]!r} and {iid!r} share SID {codes}; re-run the quantize stage")
         seen[key] = iid
         sids[str(iid)] = codes
     return sids

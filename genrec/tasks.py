@@ -12,16 +12,20 @@ Six tasks, each with its prompt template in ``genrec/prompts/<task>.txt``:
 | `desc2token` | a token's description (TS-Align)        | the SID token       |
 | `seq_knn`    | a one-item SID history                  | SID of a content neighbour |
 
-`seq_sid` rows come from ``splits/train.jsonl``; `seq_title` uses the same rows; the item tasks use every
-item of ``sids.json``; the TS-Align tasks every token of ``token_semantics.json``. `seq_knn` carries the content
-signal into the next-item format itself: for every item, its nearest items by text embedding (``item_emb.npy``
-of the embed stage) as pseudo next items, with the same prompt as `seq_sid` (so it needs no template). Each example is tokenized
-once by `encode_example`: prompt tokens (the model's chat template when it has one) then response tokens and
-EOS, with ``labels`` = -100 on the prompt, so the loss covers the response only. Inference builds its prompt
-tokens with the same `encode_prompt`, and the next-item prompt with the same `sid_history_prompt`.
+The tasks read data, not files: a `Catalog` (titles, SID strings, token semantics, content neighbours) and the
+train rows, which the SFT stage runner reads from the run directory. `seq_sid` and `seq_title` use the train rows;
+the item tasks every item with a SID; the TS-Align tasks every described SID token. `seq_knn` carries the content
+signal into the next-item format itself: for every item, its nearest items by text embedding as pseudo next items,
+with the same prompt as `seq_sid` (so it needs no template). Each example is tokenized once by `encode_example`:
+prompt tokens (the model's chat template when it has one) then response tokens and EOS, with ``labels`` = -100 on
+the prompt, so the loss covers the response only.
+
+`next_item_prompt` is the one place a history of item ids becomes a prompt (cut to the latest ``max_history``
+items): the seq_sid task, in-training model selection, `genrec evaluate`, GRPO and the server all call it, and
+`encode_prompt` is the one place prompt text becomes token ids.
 
 Example:
-    >>> sid_history_prompt(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"])
+    >>> next_item_prompt(["7", "9"], {"7": "<a_1><b_2><c_3>", "9": "<a_4><b_5><c_6>"})
     'User history: <a_1><b_2><c_3>, <a_4><b_5><c_6>. Next item:'
 """
 
@@ -31,13 +35,9 @@ import functools
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
-
-from genrec.data import read_items, read_split
-from genrec.sid import load_sids, sid_string
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,24 @@ def _words(text: str, max_words: int) -> str:
 
 
 def sid_history_prompt(history_sids: Sequence[str]) -> str:
-    """The next-item prompt over a history of SID strings (oldest first); training and evaluation both use it."""
+    """The next-item prompt over SID strings (oldest first); build it from item ids with `next_item_prompt`."""
     return template("seq_sid").format(history=HISTORY_SEPARATOR.join(history_sids))
+
+
+def prompt_history(history: Sequence[str], known: Mapping[str, object], max_history: int | None) -> list[str]:
+    """The items of a history that a prompt shows: those in `known` (items with a SID), the latest `max_history`
+    (None or 0: all of them), oldest first."""
+    kept = [iid for iid in history if iid in known]
+    return kept[-max_history:] if max_history else kept
+
+
+def next_item_prompt(history: Sequence[str], sids: Mapping[str, str], max_history: int | None = None) -> str:
+    """The next-item prompt of a history of item ids (oldest first), from `sids` (item id -> SID string).
+
+    Items without a SID are left out and only the latest `max_history` are kept (`prompt_history`). Every caller
+    that turns a history into a prompt comes here, so training and inference read the same text.
+    """
+    return sid_history_prompt([sids[i] for i in prompt_history(history, sids, max_history)])
 
 
 def title_history_prompt(history_titles: Sequence[str]) -> str:
@@ -70,48 +86,38 @@ def title_history_prompt(history_titles: Sequence[str]) -> str:
 
 @dataclass
 class Catalog:
-    """What the tasks read from a run directory: titles, SID strings and (optionally) token semantics."""
+    """What the tasks read: titles, SID strings and (optionally) token semantics and content neighbours."""
 
     titles: dict[str, str]  # item_id -> title
     sids: dict[str, str]  # item_id -> SID string
-    semantics: dict[str, dict]  # SID token -> {"description": ..., ...}; empty without token_semantics.json
+    semantics: dict[str, dict] = field(default_factory=dict)  # SID token -> {"description": ...}; may be empty
     neighbours: dict[str, list[str]] = field(default_factory=dict)  # item_id -> nearest items, closest first
 
-    @classmethod
-    def load(cls, run_dir: str | Path, knn_neighbours: int = 0) -> Catalog:
-        run_dir = Path(run_dir)
-        codes = load_sids(run_dir / "sids.json")
-        titles = {it["item_id"]: it["title"] for it in read_items(run_dir)}
-        missing = sorted(set(codes) - set(titles))
+    def __post_init__(self):
+        missing = sorted(set(self.sids) - set(self.titles))
         if missing:
-            raise ValueError(f"{run_dir}/sids.json has items {missing[:5]} that items.jsonl lacks; re-run quantize")
-        semantics = {}
-        if (run_dir / "token_semantics.json").exists():
-            from genrec.describe import load_token_semantics
-
-            semantics = load_token_semantics(run_dir)
-        neighbours = content_neighbours(run_dir, list(codes), knn_neighbours) if knn_neighbours else {}
-        return cls(titles, {iid: sid_string(c) for iid, c in codes.items()}, semantics, neighbours)
+            raise ValueError(f"items {missing[:5]} have a SID but no title in the catalog; re-run the quantize "
+                             "stage on the current items")
 
 
 @dataclass
 class TaskOptions:
-    """Prompt-length knobs shared by every task (the SFT arguments carry them)."""
+    """Prompt-length knobs shared by every task (filled from the SFT arguments, where their defaults live)."""
 
-    max_history: int = 10
-    max_title_words: int = 20
-    max_description_words: int = 40
-    knn_neighbours: int = 5
+    max_history: int | None
+    max_title_words: int
+    max_description_words: int
+    knn_neighbours: int
 
 
 def _history_examples(task: str, rows: list[dict], catalog: Catalog, opts: TaskOptions) -> list[dict]:
     out = []
     for row in rows:
-        history = [iid for iid in row["history"] if iid in catalog.sids][-opts.max_history:]
+        history = prompt_history(row["history"], catalog.sids, opts.max_history)
         if not history or row["target"] not in catalog.sids:
             continue
         if task == "seq_sid":
-            prompt = sid_history_prompt([catalog.sids[i] for i in history])
+            prompt = next_item_prompt(history, catalog.sids)
         else:
             prompt = title_history_prompt([_words(catalog.titles[i], opts.max_title_words) for i in history])
         out.append({"prompt": prompt, "completion": catalog.sids[row["target"]]})
@@ -137,33 +143,11 @@ def build_task_examples(task: str, catalog: Catalog, rows: list[dict], opts: Tas
         return [{"prompt": template(task).format(description=d), "completion": tok} for tok, d in pairs]
     if task == "seq_knn":
         if not catalog.neighbours:
-            raise ValueError("task seq_knn needs item neighbours: load the catalog with Catalog.load(run_dir, "
-                             "knn_neighbours=k) after the embed stage, or set its ratio to 0 in task_mix")
+            raise ValueError("task seq_knn needs item neighbours (Catalog.neighbours, from the embed stage's item "
+                             "embeddings), or set its ratio to 0 in task_mix")
         return [{"prompt": sid_history_prompt([catalog.sids[iid]]), "completion": catalog.sids[nb]}
                 for iid, nbs in catalog.neighbours.items() for nb in nbs[: opts.knn_neighbours]]
     raise ValueError(f"unknown task {task!r}; tasks are {', '.join(TASKS)}")
-
-
-def content_neighbours(run_dir: str | Path, item_ids: Sequence[str], k: int) -> dict[str, list[str]]:
-    """Each item's `k` nearest other items by cosine similarity of the embed stage's item embeddings."""
-    import numpy as np
-    import torch
-
-    from genrec.encoders import load_item_embeddings
-
-    ids, emb = load_item_embeddings(Path(run_dir))
-    row = {iid: i for i, iid in enumerate(ids)}
-    missing = [iid for iid in item_ids if iid not in row]
-    if missing:
-        raise ValueError(f"{run_dir}/item_emb.npy lacks items {missing[:5]}; re-run the embed stage")
-    vecs = torch.nn.functional.normalize(torch.from_numpy(np.asarray(emb[[row[i] for i in item_ids]])), dim=1)
-    out = {}
-    for start in range(0, len(item_ids), 1024):
-        sims = vecs[start:start + 1024] @ vecs.T
-        sims[torch.arange(sims.shape[0]), torch.arange(start, start + sims.shape[0])] = -2.0  # not itself
-        top = sims.topk(min(k, len(item_ids) - 1), dim=1).indices.tolist()
-        out.update({item_ids[start + r]: [item_ids[j] for j in js] for r, js in enumerate(top)})
-    return out
 
 
 # ----------------------------------------------------------------------------- tokenization
@@ -243,8 +227,8 @@ def group_by_length(order: list[int], lengths: Sequence[int], batch_size: int, s
     return out
 
 
-def build_sft_dataset(run_dir: str | Path, tokenizer, mix: dict[str, float], opts: TaskOptions, epochs: float,
-                      align_epochs: float = 0.0, seed: int = 0, batch_size: int = 1):
+def build_sft_dataset(catalog: Catalog, train_rows: list[dict], tokenizer, mix: dict[str, float],
+                      opts: TaskOptions, epochs: float, align_epochs: float = 0.0, seed: int = 0, batch_size: int = 1):
     """The training schedule as a tokenized `datasets.Dataset` (input_ids, labels, task), in training order,
     batches of `batch_size` grouped by length.
 
@@ -252,13 +236,11 @@ def build_sft_dataset(run_dir: str | Path, tokenizer, mix: dict[str, float], opt
     """
     from datasets import Dataset
 
-    catalog = Catalog.load(run_dir, opts.knn_neighbours if mix.get("seq_knn", 0) > 0 else 0)
-    rows = read_split(Path(run_dir), "train")
     examples, pools = [], {}
     for task in TASKS:
         if mix.get(task, 0) <= 0:
             continue
-        task_examples = build_task_examples(task, catalog, rows, opts)
+        task_examples = build_task_examples(task, catalog, train_rows, opts)
         pools[task] = list(range(len(examples), len(examples) + len(task_examples)))
         examples += [{**ex, "task": task} for ex in task_examples]
         logger.info("task %-10s %6d examples x %.2f per epoch", task, len(task_examples), mix[task])

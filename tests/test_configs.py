@@ -45,9 +45,11 @@ def test_pipeline_config(path):
     cfg = load_pipeline_config(path)
     assert cfg.stages
     sft = cfg.config("sft")  # the SFT YAML it names exists and its overrides are real options
-    script_args, model_args, _ = parse_sft_config(CONFIGS.parent / sft.config, sft.overrides)
+    parsed = parse_sft_config(CONFIGS.parent / sft.config, sft.overrides)
     for key, value in sft.overrides.items():
-        assert getattr(script_args, key, getattr(model_args, key, value)) == value
+        owners = [obj for obj in parsed if key in {f.name for f in dataclasses.fields(obj)}]
+        assert owners, f"{path.name}: sft.overrides.{key} is not an SFT option"
+        assert getattr(owners[0], key) == value, f"{path.name}: sft.overrides.{key} did not reach the SFT config"
 
 
 @pytest.mark.parametrize("path", _files("tokenizer", ".yaml"), ids=lambda p: p.name)

@@ -8,11 +8,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from genrec.artifacts import Run
 from genrec.describe import (
     DescribeConfig,
     TeacherError,
     group_tokens,
-    load_token_semantics,
     parse_answer,
     run_describe,
 )
@@ -46,7 +46,7 @@ def test_group_tokens_one_token_per_level_and_code():
 def test_tfidf_teacher_finds_the_cluster_words(tmp_path):
     write_run(tmp_path)
     run_describe(tmp_path, DescribeConfig(num_keywords=5))
-    sem = load_token_semantics(tmp_path)
+    sem = Run(tmp_path).token_semantics()
     assert set(sem) == {"<a_0>", "<a_1>", "<a_2>", "<b_0>", "<b_1>", "<c_0>", "<c_1>", "<c_2>"}
     gloves, glasses, screws = sem["<a_0>"], sem["<a_1>"], sem["<a_2>"]
     assert gloves["items"] == ["00", "01", "02"] and gloves["level"] == 0 and gloves["code"] == 0
@@ -61,9 +61,9 @@ def test_tfidf_teacher_finds_the_cluster_words(tmp_path):
 def test_tfidf_prefers_whole_words_of_the_lm_vocabulary(tmp_path):
     write_run(tmp_path)
     run_describe(tmp_path, DescribeConfig(num_keywords=3, piece_penalty=0.0))
-    plain = load_token_semantics(tmp_path)["<a_0>"]["keywords"]
+    plain = Run(tmp_path).token_semantics()["<a_0>"]["keywords"]
     run_describe(tmp_path, DescribeConfig(num_keywords=3, piece_penalty=1.0))
-    strict = load_token_semantics(tmp_path)["<a_0>"]["keywords"]
+    strict = Run(tmp_path).token_semantics()["<a_0>"]["keywords"]
     # "nitrile" is 3 WordPiece pieces (ni ##tri ##le): divided by 3 it falls below words found in one item
     assert plain[:2] == ["gloves", "nitrile"] and strict[0] == "gloves" and "nitrile" not in strict
 
@@ -123,7 +123,7 @@ def test_llm_teacher_retries_and_caches(tmp_path):
         return 200, GOOD
 
     run_describe(tmp_path, llm_config(), transport=fake_endpoint(answers, calls))
-    sem = load_token_semantics(tmp_path)
+    sem = Run(tmp_path).token_semantics()
     assert len(calls) == 8 + 2 and sem["<a_0>"]["keywords"] == ["protective gear"]
     assert "Nitrile Gloves Disposable Powder Free" in calls[0] and "<a_0>" in calls[0]
     calls.clear()
@@ -166,4 +166,4 @@ def test_bad_config_raises(kw, match):
 def test_load_token_semantics_rejects_malformed(tmp_path):
     (tmp_path / "token_semantics.json").write_text(json.dumps({"<a_0>": {"level": 0, "keywords": []}}))
     with pytest.raises(ValueError, match="<a_0>.*describe stage"):
-        load_token_semantics(tmp_path)
+        Run(tmp_path).token_semantics()

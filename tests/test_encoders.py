@@ -3,7 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from genrec.encoders import EmbedConfig, item_text, load_encoder, load_item_embeddings, run_embed
+from genrec.artifacts import Run
+from genrec.encoders import EmbedConfig, item_text, load_encoder, run_embed
 from genrec.io import write_jsonl
 
 
@@ -35,7 +36,8 @@ def test_bundled_minilm_embeds_offline(backend):
 def test_embed_stage_records_recipe(tmp_path):
     write_jsonl(tmp_path / "items.jsonl", [{"item_id": "7", "title": "Safety glasses"}, {"item_id": "9", "title": "Ear plugs"}])
     run_embed(tmp_path, EmbedConfig(batch_size=8))
-    ids, emb = load_item_embeddings(tmp_path)
+    embeddings = Run(tmp_path).item_embeddings()
+    ids, emb = embeddings.item_ids, embeddings.vectors
     assert ids == ["7", "9"] and emb.shape == (2, 384)
     meta = json.loads((tmp_path / "item_emb.json").read_text())
     assert meta["recipe"]["template"] == EmbedConfig().template

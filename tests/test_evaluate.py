@@ -9,10 +9,13 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from genrec.evaluate import build_prompts, evaluate_model, main, sid_history_prompt
+from genrec.decoding import DecodeConfig
+from genrec.evaluate import evaluate_model, main
 from genrec.evaluation import KS
 from genrec.io import read_jsonl, write_json, write_jsonl
-from genrec.sid import sid_tokens
+from genrec.recommender import Recommender
+from genrec.sid import sid_string, sid_tokens
+from genrec.tasks import next_item_prompt, sid_history_prompt
 
 SIDS = {f"i{n}": [n % 3, n % 4, n // 12] for n in range(24)}
 WORDS = ["[UNK]", "[PAD]", "[EOS]", "User", "history:", "Next", "item:"]
@@ -44,9 +47,10 @@ def test_sid_history_prompt():
     assert sid_history_prompt(["<a_1><b_2>", "<a_3><b_4>"]) == "User history: <a_1><b_2>, <a_3><b_4>. Next item:"
 
 
-def test_build_prompts_leaves_out_items_without_sid():
-    rows = [{"history": ["i1", "unknown", "i2"], "target": "i3"}]
-    assert build_prompts(rows, SIDS) == ["User history: <a_1><b_1><c_0>, <a_2><b_2><c_0>. Next item:"]
+def test_prompt_leaves_out_items_without_sid():
+    sids = {iid: sid_string(codes) for iid, codes in SIDS.items()}
+    prompt = next_item_prompt(["i1", "unknown", "i2"], sids)
+    assert prompt == "User history: <a_1><b_1><c_0>, <a_2><b_2><c_0>. Next item:"
 
 
 def test_main_writes_metrics_and_valid_predictions(run_dir):
@@ -79,14 +83,15 @@ def test_evaluate_model_restores_training_mode(run_dir, tmp_path):
     tokenizer = PreTrainedTokenizerFast.from_pretrained(run_dir / "checkpoints" / "sft")
     model.train()
     rows = read_jsonl(run_dir / "splits" / "test.jsonl")
-    metrics = evaluate_model(model, tokenizer, SIDS, rows, tmp_path / "cb", split="valid", beam=3, progress=False)
+    metrics = evaluate_model(Recommender(model, tokenizer, SIDS), rows, tmp_path / "cb", split="valid",
+                             decode=DecodeConfig(beam=3), progress=False)
     assert model.training and metrics["rows"] == 7 and metrics["split"] == "valid"
 
 
 @pytest.mark.parametrize(
     ("argv", "error", "message"),
     [
-        (["--beam", "0"], ValueError, "--beam"),  # beam must be positive
+        (["--beam", "0"], ValueError, "beam"),  # beam must be positive
         (["--max-rows", "0"], ValueError, "--max-rows"),  # so must max rows
         (["--checkpoint", "/nonexistent/ckpt"], FileNotFoundError, "run the sft stage"),  # no model there
         (["--split", "nope"], ValueError, "split"),  # unknown split

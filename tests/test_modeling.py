@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from genrec.artifacts import TOKEN_SEMANTICS, Run
 from genrec.modeling import (
     ModelConfig,
     add_sid_tokens,
@@ -125,9 +126,16 @@ def write_run(run_dir: Path, semantics: bool = True) -> None:
         (run_dir / "token_semantics.json").write_text(json.dumps({"<a_0>": entry}))
 
 
+def prepare(cfg: ModelConfig, run_dir: Path):
+    """prepare_model on a run directory's files, read as the sft stage reads them."""
+    run = Run(run_dir)
+    semantics = run.token_semantics() if run.exists(TOKEN_SEMANTICS) else None
+    return prepare_model(cfg, run.sids(), codebook_sizes=run.codebook_sizes(), semantics=semantics)
+
+
 def test_prepare_model_adds_every_codebook_token(tmp_path):
     write_run(tmp_path)
-    model, tok = prepare_model(ModelConfig(**TINY), tmp_path)
+    model, tok = prepare(ModelConfig(**TINY), tmp_path)
     assert len(tok) == 30522 + 4 + 3 + 2
     a0 = tok.convert_tokens_to_ids("<a_0>")
     gloves = minilm_rows()[tok.convert_tokens_to_ids("gloves")]
@@ -137,8 +145,8 @@ def test_prepare_model_adds_every_codebook_token(tmp_path):
 
 def test_prepare_model_sa_needs_token_semantics(tmp_path):
     write_run(tmp_path, semantics=False)
-    with pytest.raises(FileNotFoundError, match="describe stage"):
-        prepare_model(ModelConfig(**TINY), tmp_path)
+    with pytest.raises(ValueError, match="describe stage"):
+        prepare(ModelConfig(**TINY), tmp_path)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -150,6 +158,7 @@ def test_save_load_round_trip(tmp_path):
     save_checkpoint(model, tok, out, SIDS, {"stage": "sft"})
     assert not (out / "stale.txt").exists() and json.loads((out / "sids.json").read_text()) == SIDS
     assert json.loads((out / "genrec.json").read_text()) == {"stage": "sft"}
+    assert not (out / "catalog.jsonl").exists()  # written only when titles are given
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp dirs left behind
     loaded, ltok = load_model_and_tokenizer(out)
     ids = ltok("gloves <a_0><b_1><c_0>", return_tensors="pt")["input_ids"]
@@ -200,7 +209,7 @@ def test_any_causal_lm_end_to_end(tmp_path):
     write_tiny_qwen2(base)
     run.mkdir()
     write_run(run)
-    model, tok = prepare_model(ModelConfig(model_name_or_path=str(base), sid_init="sa"), run)
+    model, tok = prepare(ModelConfig(model_name_or_path=str(base), sid_init="sa"), run)
     assert model.get_input_embeddings().weight.shape[0] == 300  # 257 + 9 tokens fit in the spare rows
     assert tok.pad_token_id == model.config.pad_token_id == tok.eos_token_id
     old, _ = load_model_and_tokenizer(base)

@@ -139,6 +139,7 @@ def test_stage_config_digest_follows_the_yaml(tmp_path):
 # ----------------------------------------------------------------------------- training runs
 
 
+@pytest.mark.slow
 def test_two_process_cpu_run(run_dir, tmp_path):
     """`accelerate launch` of 2 CPU processes (DDP over gloo) runs a few steps and writes the final model."""
     config = tmp_path / "tiny.yaml"
@@ -215,6 +216,7 @@ def test_auto_resume_discards_checkpoints_of_other_inputs_or_when_fresh(tmp_path
 
     def check(fresh=False):
         ckpt.mkdir(parents=True, exist_ok=True)
+        (ckpt / "trainer_state.json").write_text("{}")  # a complete save
         _check_auto_resume(_run_signature(args, model_args, training_args), training_args, fresh)
         return ckpt.exists()
 

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from genrec.artifacts import Run
 from genrec.io import write_json, write_jsonl, write_npy
+from genrec.sft import GenRecSFTArguments, sft_catalog
 from genrec.sid import sid_string
 from genrec.tasks import (
     ALIGN_TASKS,
@@ -20,9 +22,19 @@ from genrec.tasks import (
     encode_example,
     encode_prompt,
     group_by_length,
+    next_item_prompt,
     schedule,
     sid_history_prompt,
 )
+
+
+def options(**overrides) -> TaskOptions:
+    """Task options as the SFT arguments fill them (their defaults live there)."""
+    return GenRecSFTArguments(**overrides).task_options()
+
+
+def load_catalog(run_dir: Path, knn_neighbours: int = 0) -> Catalog:
+    return sft_catalog(Run(run_dir), knn_neighbours)
 
 PRODUCTS = ["nitrile gloves", "safety glasses", "soldering iron", "solder wire", "pla filament", "print bed sheet",
             "beaker", "erlenmeyer flask", "pipe wrench", "ptfe tape"]
@@ -69,10 +81,10 @@ def run_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tokenizer(run_dir):
     from genrec.modeling import build_default_tokenizer
-    from genrec.sid import all_sid_tokens, load_sids
+    from genrec.sid import all_sid_tokens
 
     tok = build_default_tokenizer()
-    tok.add_tokens(all_sid_tokens(load_sids(run_dir / "sids.json")))
+    tok.add_tokens(all_sid_tokens(Run(run_dir).sids()))
     return tok
 
 
@@ -98,9 +110,9 @@ def test_sid_history_prompt_lists_history_in_order():
     ("seq_knn", sid_string([0, 0, 0]), sid_string([2, 2, 0])),
 ])
 def test_task_content(run_dir, task, prompt_has, completion):
-    catalog = Catalog.load(run_dir, knn_neighbours=2)
+    catalog = load_catalog(run_dir, knn_neighbours=2)
     rows = [{"user_id": "u", "history": ["0"], "target": "7"}]
-    examples = build_task_examples(task, catalog, rows, TaskOptions())
+    examples = build_task_examples(task, catalog, rows, options())
     if completion == "target_sid":
         completion = catalog.sids["7"]
     assert any(prompt_has in ex["prompt"] and completion in ex["completion"] for ex in examples), examples[:3]
@@ -108,24 +120,28 @@ def test_task_content(run_dir, task, prompt_has, completion):
 
 
 def test_task_pool_sizes(run_dir):
-    catalog = Catalog.load(run_dir, knn_neighbours=4)
+    catalog = load_catalog(run_dir, knn_neighbours=4)
     rows = [{"user_id": "u", "history": ["0", "1"], "target": "2"}] * 3
-    sizes = {t: len(build_task_examples(t, catalog, rows, TaskOptions(knn_neighbours=2))) for t in TASKS}
+    sizes = {t: len(build_task_examples(t, catalog, rows, options(knn_neighbours=2))) for t in TASKS}
     assert sizes == {"seq_sid": 3, "seq_title": 3, "title2sid": 30, "sid2title": 30, "token2desc": 10,
                      "desc2token": 10, "seq_knn": 60}
 
 
 def test_content_neighbours_closest_first(run_dir):
-    catalog = Catalog.load(run_dir, knn_neighbours=3)
+    catalog = load_catalog(run_dir, knn_neighbours=3)
     assert catalog.neighbours["0"][:2] == ["10", "20"]  # same product; 10 is closer in the 0.01 * i offset
     assert all(iid not in nbs for iid, nbs in catalog.neighbours.items())
 
 
 def test_history_is_cut_to_the_latest_items(run_dir):
-    catalog = Catalog.load(run_dir)
+    catalog = load_catalog(run_dir)
     rows = [{"user_id": "u", "history": [str(i) for i in range(8)], "target": "9"}]
-    (ex,) = build_task_examples("seq_sid", catalog, rows, TaskOptions(max_history=3))
+    (ex,) = build_task_examples("seq_sid", catalog, rows, options(max_history=3))
     assert ex["prompt"] == sid_history_prompt([catalog.sids[str(i)] for i in (5, 6, 7)])
+    # items without a SID are dropped before the cut, so the prompt still shows three items
+    (ex,) = build_task_examples("seq_sid", catalog, [{**rows[0], "history": ["4", "5", "x", "6", "7"]}],
+                                options(max_history=3))
+    assert ex["prompt"] == next_item_prompt(["5", "6", "7"], catalog.sids)
 
 
 def test_loss_mask_covers_only_the_response(tokenizer):
@@ -174,8 +190,9 @@ def test_group_by_length_keeps_examples():
 
 def test_build_sft_dataset(run_dir, tokenizer):
     mix = {t: 1.0 for t in TASKS}
-    ds = build_sft_dataset(run_dir, tokenizer, mix, TaskOptions(knn_neighbours=2), epochs=1, align_epochs=1)
-    catalog = Catalog.load(run_dir)
+    catalog = load_catalog(run_dir, knn_neighbours=2)
+    ds = build_sft_dataset(catalog, Run(run_dir).split("train"), tokenizer, mix, options(knn_neighbours=2),
+                           epochs=1, align_epochs=1)
     n_align = 2 * len(catalog.sids) + 2 * len(catalog.semantics)
     assert len(ds) == n_align + n_align + 2 * 96 + 2 * 30  # the alignment pass, then one pass over every task
     assert set(ds.column_names) == {"input_ids", "labels", "task"}

@@ -10,8 +10,8 @@ import pytest
 import torch
 import yaml
 
+from genrec.artifacts import read_sids
 from genrec.io import read_json, write_json, write_npy
-from genrec.sid import load_sids
 from genrec.tokenizer import QuantizeConfig, count_collisions, level_usage, resolve_collisions, run_quantize
 from genrec.tokenizer.rqvae import load_rqvae
 
@@ -127,7 +127,7 @@ def test_run_quantize_writes_unique_sids_and_report(tmp_path, method):
     run = make_run(tmp_path, clustered_embeddings())
     cfg = QuantizeConfig(method=method, **SMALL)
     run_quantize(run, cfg)
-    sids = load_sids(run / "sids.json")  # raises on duplicates
+    sids = read_sids(run / "sids.json")  # raises on duplicates
     assert len(sids) == 400 and all(len(s) in (3, 4) for s in sids.values())  # 4 only where a prefix overflowed
     check_report(read_json(run / "sid_report.json"), 400, cfg)
     assert (run / ("rqvae.pt" if method == "rqvae" else "rkmeans.joblib")).exists()
@@ -144,7 +144,7 @@ def test_saved_rqvae_reproduces_the_codes(tmp_path):
 def test_run_quantize_append_adds_a_level(tmp_path):
     run = make_run(tmp_path, clustered_embeddings(n=300))
     run_quantize(run, QuantizeConfig(method="rkmeans", collision="append", codebook_size=4, levels=2))
-    sids = load_sids(run / "sids.json")
+    sids = read_sids(run / "sids.json")
     assert {len(s) for s in sids.values()} == {3}
     report = read_json(run / "sid_report.json")
     assert report["collisions_before_resolution"] > 0 and len(report["levels"]) == 3

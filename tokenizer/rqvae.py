@@ -5,7 +5,7 @@ warm-up, and a code whose EMA usage falls below ``dead_code_threshold`` is re-se
 every level's codebook in use.
 
 Example:
-    >>> model = RQVAE(input_dim=384, latent_dim=32, hidden_dims=[256], levels=3, codebook_size=8)
+    >>> model = build_rqvae(384, QuantizeConfig(hidden_dims=[256], codebook_size=8))
     >>> recon, codes, losses = model(torch.randn(16, 384))
     >>> codes.shape
     torch.Size([16, 3])
@@ -53,10 +53,12 @@ def mlp(dims: list[int]) -> nn.Sequential:
 
 
 class RQVAE(nn.Module):
+    """The quantizer's network; its settings have no defaults here: they live in `QuantizeConfig` (build one from a
+    config with `build_rqvae`)."""
+
     def __init__(
-        self, *, input_dim: int, latent_dim: int = 32, hidden_dims: Sequence[int] = (512, 256), levels: int = 3,
-        codebook_size: int = 256, commitment_weight: float = 0.25, ema_decay: float = 0.95,
-        kmeans_iters: int = 25, dead_code_threshold: float = 0.5,
+        self, *, input_dim: int, latent_dim: int, hidden_dims: Sequence[int], levels: int, codebook_size: int,
+        commitment_weight: float, ema_decay: float, kmeans_iters: int, dead_code_threshold: float,
     ):
         super().__init__()
         self.encoder = mlp([input_dim, *hidden_dims, latent_dim])

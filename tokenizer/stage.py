@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
-from genrec.encoders import load_item_embeddings
+from genrec.artifacts import SID_REPORT, SIDS, Run
 from genrec.io import atomic_path, write_json
 
 from .collisions import count_collisions, resolve_collisions
@@ -77,7 +77,8 @@ def run_quantize(run_dir: Path, cfg: QuantizeConfig) -> None:
     """Quantize the run's item embeddings into unique SIDs and write sids.json + sid_report.json + the model."""
     run_dir = Path(run_dir)
     start = time.time()
-    item_ids, emb = load_item_embeddings(run_dir)
+    embeddings = Run(run_dir).item_embeddings()
+    item_ids, emb = embeddings.item_ids, embeddings.vectors
     if len(item_ids) < cfg.codebook_size:
         raise ValueError(f"{len(item_ids)} items cannot fill codebooks of {cfg.codebook_size} codes; lower "
                          "quantize.codebook_size (a few items per code at least)")
@@ -94,8 +95,8 @@ def run_quantize(run_dir: Path, cfg: QuantizeConfig) -> None:
     )
     if report["unique_sids"] != len(sids):
         raise RuntimeError(f"collision resolution left {len(sids) - report['unique_sids']} duplicate SIDs")
-    write_json(run_dir / "sids.json", {str(iid): sid for iid, sid in zip(item_ids, sids)}, indent=None)
-    write_json(run_dir / "sid_report.json", report)
+    write_json(run_dir / SIDS, {str(iid): sid for iid, sid in zip(item_ids, sids)}, indent=None)
+    write_json(run_dir / SID_REPORT, report)
     logger.info("quantize: %d items -> %d unique SIDs (%d collisions resolved by %s); codes used per level %s; "
                 "reconstruction MSE %.4g; %.1fs", report["items"], report["unique_sids"], collisions, cfg.collision,
                 [lv["codes_used"] for lv in report["levels"]], report["reconstruction_mse"], report["seconds"])

@@ -21,13 +21,13 @@ Launch, exactly like TRL's own scripts (configs/accelerate/ holds the launcher c
 
 import logging
 
-from trl import SFTConfig, TrlParser
+from trl import TrlParser
 
 from genrec.modeling import ModelConfig
-from genrec.sft import SFT_DATACLASSES, GenRecSFTArguments, train_sft
+from genrec.sft import SFT_DATACLASSES, GenRecSFTArguments, GenRecSFTConfig, train_sft
 
 
-def main(script_args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig) -> None:
+def main(script_args: GenRecSFTArguments, model_args: ModelConfig, training_args: GenRecSFTConfig) -> None:
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     train_sft(script_args, model_args, training_args)

@@ -21,7 +21,7 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from genrec.data import read_items, read_split
+from genrec.artifacts import ITEMS, SPLIT, Run
 from genrec.evaluation import KS, ranking_metrics, write_results
 
 logger = logging.getLogger(__name__)
@@ -84,26 +84,26 @@ class Scorer(Protocol):
 
 def load_run(run_dir: str | Path, split: str) -> RunData:
     """Read a run directory's catalog and splits; every row's items must be in the catalog."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"--run-dir {run_dir} is not a directory; run the data stage first "
+    run = Run(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"--run-dir {run.root} is not a directory; run the data stage first "
                                 "(genrec stage data CONFIG --run-dir DIR)")
-    needed = [run_dir / "items.jsonl", *(run_dir / "splits" / f"{s}.jsonl" for s in ("train", "valid", split))]
+    needed = [run.path(ITEMS), *(run.path(SPLIT, split=s) for s in ("train", "valid", split))]
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"missing {', '.join(missing)}; run the data stage for {run_dir} first")
-    item_ids = [str(it["item_id"]) for it in read_items(run_dir)]
+        raise FileNotFoundError(f"missing {', '.join(missing)}; run the data stage for {run.root} first")
+    item_ids = [str(it["item_id"]) for it in run.items()]
     known = set(item_ids)
-    rows = {s: read_split(run_dir, s) for s in dict.fromkeys(("train", "valid", split))}
+    rows = {s: run.split(s) for s in dict.fromkeys(("train", "valid", split))}
     for s, split_rows in rows.items():
         if not split_rows:
-            raise ValueError(f"{run_dir}/splits/{s}.jsonl has no rows; the baselines need train, valid and {split}")
+            raise ValueError(f"{run.path(SPLIT, split=s)} has no rows; the baselines need train, valid and {split}")
         for n, r in enumerate(split_rows, 1):
             unknown = [i for i in [*r["history"], r["target"]] if i not in known]
             if unknown:
-                raise ValueError(f"{run_dir}/splits/{s}.jsonl row {n}: item(s) {unknown[:3]} not in items.jsonl; "
+                raise ValueError(f"{run.path(SPLIT, split=s)} row {n}: item(s) {unknown[:3]} not in {ITEMS}; "
                                  "the run directory is inconsistent, re-run the data stage")
-    return RunData(run_dir, item_ids, rows["train"], rows["valid"], rows[split], split)
+    return RunData(run.root, item_ids, rows["train"], rows["valid"], rows[split], split)
 
 
 def train_sequences(rows: Sequence[dict], index: dict[str, int]) -> list[list[int]]:
@@ -201,7 +201,7 @@ def run_baseline(name: str, module, args: BaselineArgs, cfg) -> dict:
     ranked, scores = rank_rows(scorer, data, data.eval_rows, best["params"], (best["exclude_history"],))[
         best["exclude_history"]]
     seconds = time.perf_counter() - start
-    out = Path(args.out) if args.out else data.run_dir / "baselines" / name / args.split
+    out = Path(args.out) if args.out else Run(data.run_dir).baseline_dir(name, args.split)
     extra = {
         "baseline": name,
         "hyperparameters": {**best["params"], "exclude_history": best["exclude_history"]},

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from genrec.artifacts import ITEM_EMB, ITEM_EMB_META, Run
 from genrec.baselines.common import BaselineArgs, RunData, history_matrix
 from genrec.baselines.popularity import popularity_counts
-from genrec.encoders import load_item_embeddings
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +43,11 @@ class Config:
 
 def aligned_embeddings(data: RunData) -> np.ndarray:
     """The run's item embeddings in catalog order, L2-normalised."""
-    if not (data.run_dir / "item_emb.npy").exists() or not (data.run_dir / "item_emb.json").exists():
-        raise FileNotFoundError(f"{data.run_dir}/item_emb.npy or item_emb.json missing; the knn baseline needs "
-                                "the embed stage: genrec stage embed CONFIG --run-dir DIR")
-    ids, emb = load_item_embeddings(data.run_dir)
-    row = {str(i): n for n, i in enumerate(ids)}
-    missing = [i for i in data.item_ids if i not in row]
-    if missing:
-        raise ValueError(f"{data.run_dir}/item_emb.json lacks {len(missing)} catalog item(s) (e.g. {missing[0]!r}); "
-                         "re-run the embed stage with --force")
-    emb = emb[[row[i] for i in data.item_ids]].astype(np.float32)
-    return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    run = Run(data.run_dir)
+    if not run.exists(ITEM_EMB) or not run.exists(ITEM_EMB_META):
+        raise FileNotFoundError(f"{run.path(ITEM_EMB)} or {ITEM_EMB_META} missing; the knn baseline needs the embed "
+                                "stage: genrec stage embed CONFIG --run-dir DIR")
+    return run.item_embeddings().aligned(data.item_ids)
 
 
 class KnnScorer:
