@@ -29,8 +29,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def build_model():
+    from genrec.head import add_sid_head
     from genrec.modeling import ModelConfig, add_sid_tokens, build_default_model
-    from genrec.sft import add_sid_head
     from genrec.sid import sid_token, sid_vocab
 
     model, tok = build_default_model(ModelConfig())

@@ -114,3 +114,19 @@ def resolve_bf16(requested: bool | None, device: str | torch.device, what: str =
 
 def default_device(use_cpu: bool = False) -> str:
     return "cuda" if torch.cuda.is_available() and not use_cpu else "cpu"
+
+
+def resolve_trainer_bf16(args, what: str) -> None:
+    """Fill a TRL config's ``bf16`` before its own __post_init__ runs: unset means auto for the device it will train
+    on (a CPU without use_cpu: true stays float32, since transformers accepts bf16 on a CPU only with that flag)."""
+    if args.fp16:
+        return
+    device = default_device(args.use_cpu)
+    if args.bf16 is None and device == "cpu" and not args.use_cpu:
+        args.bf16 = False
+    args.bf16 = resolve_bf16(args.bf16, device, what)
+
+
+BF16_HELP = ("bf16 mixed precision for training and in-training ranking: unset = auto (bf16 only where the device "
+             "runs it natively: bf16 GPUs, CPUs with AVX512-BF16 or AMX; float32 elsewhere); true forces it (with a "
+             "warning where it would be emulated, 10-26x slower); false = float32.")

@@ -30,7 +30,7 @@ from genrec.decoding.beam import DecodeConfig, Recommendation, recommend
 from genrec.decoding.trie import SIDTrie
 from genrec.modeling import CHECKPOINT_CATALOG, CHECKPOINT_META, CHECKPOINT_SIDS, load_model_and_tokenizer
 from genrec.precision import native_bf16, resolve_bf16
-from genrec.sid import sid_string
+from genrec.sid import sid_string, sid_tokens
 from genrec.tasks import encode_prompt, next_item_prompt
 
 logger = logging.getLogger(__name__)
@@ -75,8 +75,12 @@ class Recommender:
 
         The model's train/eval mode is restored afterwards, so a trainer can call this mid-training.
         """
+        return self.rank_prompts([self.prompt(h) for h in histories], decode, k=k, progress=progress)
+
+    def rank_prompts(self, prompts: Sequence[str], decode: DecodeConfig | None = None, *, k: int | None = None,
+                     progress: bool = False) -> list[Recommendation]:
+        """`recommend` for prompts already built by `prompt` (GRPO rollouts receive the dataset's prompt texts)."""
         decode = decode or DecodeConfig()
-        prompts = [self.prompt(h) for h in histories]
         model, was_training = self.model, self.model.training
         model.eval()
         try:
@@ -86,6 +90,30 @@ class Recommender:
                                  encode=functools.partial(encode_prompt, self.tokenizer), softmax=decode.softmax)
         finally:
             model.train(was_training)
+
+    def completion_ids(self, item_id: str) -> list[int]:
+        """The token ids a model generates for an item: its SID tokens, then EOS."""
+        return [*self.tokenizer.convert_tokens_to_ids(sid_tokens(self.sids[item_id])), self.trie.eos_token_id]
+
+
+def selection_metrics(accelerator, recommender: Recommender, rows: Sequence[tuple[Sequence[str], str]],
+                      decode: DecodeConfig) -> dict[str, float]:
+    """Model selection inside a trainer: HR@K / NDCG@K of `recommender` on (history, target) rows, the rows split
+    across processes and gathered (every rank runs the same number of forward passes, as ZeRO-3 needs)."""
+    import time
+
+    from accelerate.utils import gather_object
+
+    from genrec.evaluation import KS, ranking_metrics
+
+    start = time.time()
+    with accelerator.split_between_processes(list(rows), apply_padding=True) as shard:
+        recs = recommender.recommend([h for h, _ in shard], decode)
+    recs = gather_object([(r.items, r.invalid) for r in recs])[: len(rows)]
+    out = ranking_metrics([items for items, _ in recs], [t for _, t in rows], ks=[k for k in KS if k <= decode.beam])
+    out["invalid"] = sum(inv for _, inv in recs)
+    out["ranking_seconds"] = round(time.time() - start, 1)
+    return out
 
 
 def checkpoint_metadata(max_history: int | None, bf16: bool, **extra) -> dict:

@@ -15,11 +15,10 @@ import torch.nn.functional as F
 import yaml
 from test_tasks import make_run_dir
 
+from genrec.head import add_sid_head, label_nll
 from genrec.sft import (
     GenRecSFTArguments,
     SFTStageConfig,
-    add_sid_head,
-    label_nll,
     parse_sft_config,
     run_sft_stage,
 )
@@ -204,7 +203,8 @@ def test_killed_run_resumes_to_the_same_final_step(run_dir, tmp_path):
 
 def test_auto_resume_discards_checkpoints_of_other_inputs_or_when_fresh(tmp_path):
     """A re-quantized SID map (same YAML) must not resume the old run's checkpoints; --force starts afresh too."""
-    from genrec.sft import _check_auto_resume, _run_signature, resolve_training_args
+    from genrec.sft import SIGNATURE_INPUTS, resolve_training_args
+    from genrec.training import prepare_resume, run_signature
 
     run = tmp_path / "run"
     run.mkdir()
@@ -217,7 +217,8 @@ def test_auto_resume_discards_checkpoints_of_other_inputs_or_when_fresh(tmp_path
     def check(fresh=False):
         ckpt.mkdir(parents=True, exist_ok=True)
         (ckpt / "trainer_state.json").write_text("{}")  # a complete save
-        _check_auto_resume(_run_signature(args, model_args, training_args), training_args, fresh)
+        signature = run_signature([args, model_args, training_args], run, list(SIGNATURE_INPUTS))
+        prepare_resume(signature, training_args, fresh)
         return ckpt.exists()
 
     assert check()  # first run writes the marker; nothing to discard

@@ -1,0 +1,192 @@
+"""What genrec's two trainers (SFT and GRPO) share: run options, resume, the time budget and the final save.
+
+- `TrainingOptions`: the options of a training stage beyond TRL's config (model-selection rows and beams, the
+  wall-clock budget, LoRA); `GenRecSFTArguments` and `GenRecGRPOArguments` extend it.
+- Resume: `prepare_resume` removes checkpoints a kill cut short (transformers does not save atomically) and, with
+  ``resume_from_checkpoint: auto``, discards checkpoints made from another configuration or other run inputs;
+  `find_resume_checkpoint` then picks the latest with transformers' `get_last_checkpoint`.
+- `TimeBudgetCallback` stops training (after an evaluation and a save) when the budget is used up.
+- `save_final` writes the selected model with its tokenizer, SID map, catalog and how it was trained.
+
+Example:
+    >>> prepare_resume(run_signature([args, training_args], run.root, ["sids.json"]), training_args)  # doctest: +SKIP
+    >>> trainer.train(resume_from_checkpoint=find_resume_checkpoint(training_args))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
+
+from genrec.decoding.beam import DecodeConfig
+from genrec.io import write_json
+from genrec.modeling import save_checkpoint, write_checkpoint_extras
+from genrec.precision import describe_device
+from genrec.recommender import checkpoint_metadata
+
+logger = logging.getLogger(__name__)
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+UNSET_OUTPUT_DIR = "trainer_output"  # what TrainingArguments puts in output_dir when none is given
+# knobs that may change between a run and its resumption
+VOLATILE = {"resume_from_checkpoint", "logging_dir", "max_minutes", "report_to", "disable_tqdm"}
+
+
+@dataclass
+class TrainingOptions:
+    """Options every genrec training stage has (the stage's own arguments extend these)."""
+
+    eval_rows: int = field(
+        default=1000, metadata={"help": "Valid rows decoded for model selection (a fixed random subset; 0 = all)."}
+    )
+    eval_num_beams: int = field(
+        default=DecodeConfig.beam,
+        metadata={"help": "Beams of the constrained beam search during model selection (= items kept)."},
+    )
+    max_minutes: float | None = field(
+        default=None,
+        metadata={"help": "Wall-clock budget: when it runs out, training evaluates, saves and stops."},
+    )
+    use_lora: bool = field(
+        default=False,
+        metadata={"help": "Train LoRA adapters (plus the full embeddings and LM head, which hold the SID tokens) "
+                  "instead of all weights; the final checkpoint is merged."},
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: list(LORA_TARGETS), metadata={"help": "Modules that get LoRA adapters."}
+    )
+
+    def __post_init__(self):
+        if self.eval_rows < 0:
+            raise ValueError(f"eval_rows={self.eval_rows}: must be >= 0 (0 = the whole valid split)")
+        if self.eval_num_beams < 10:
+            raise ValueError(f"eval_num_beams={self.eval_num_beams}: HR@10 needs at least 10 beams")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes={self.max_minutes}: must be > 0, or null for no budget")
+
+    def lora_config(self):
+        """peft's LoraConfig, or None without use_lora."""
+        if not self.use_lora:
+            return None
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.lora_target_modules, task_type="CAUSAL_LM",
+                          modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def _is_complete(checkpoint: Path) -> bool:
+    """The trainer writes trainer_state.json last, so a checkpoint whose state parses was saved whole."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def find_resume_checkpoint(training_args) -> str | None:
+    """--resume_from_checkpoint: a path, or 'auto' for the latest checkpoint in output_dir (None when there is
+    none; 'last' raises instead). `prepare_resume` has already removed checkpoints cut short by a kill."""
+    value = training_args.resume_from_checkpoint
+    if value not in ("auto", "last", "true", "True"):
+        return value
+    out = Path(training_args.output_dir)
+    found = get_last_checkpoint(str(out)) if out.is_dir() else None
+    if found is None and value != "auto":
+        raise ValueError(f"--resume_from_checkpoint {value}: no complete checkpoint-* in {out}")
+    return found
+
+
+def run_signature(configs: list, run_dir: Path, inputs: list[str]) -> str:
+    """What a resumed run must share with the checkpoints it resumes: the configuration (not resume / logging /
+    time-budget knobs) and the contents of the run-directory files `inputs` (a re-quantized SID map, new token
+    semantics or another SFT model must not be resumed)."""
+    payload: dict = {}
+    for cfg in configs:
+        payload.update(cfg.to_dict() if hasattr(cfg, "to_dict") else dataclasses.asdict(cfg))
+    payload = {k: v for k, v in payload.items() if k not in VOLATILE}
+    for name in inputs:
+        path = Path(run_dir) / name
+        payload[name] = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def prepare_resume(signature: str, training_args, fresh: bool = False) -> None:
+    """Before resuming: remove checkpoints a kill cut short during their save, and with resume 'auto' discard
+    checkpoints of another configuration or other inputs (or all, when `fresh`) instead of resuming them."""
+    out = Path(training_args.output_dir)
+    marker = out / "genrec_run.json"
+    if training_args.process_index == 0:
+        for ckpt in out.glob("checkpoint-*"):
+            if not _is_complete(ckpt):
+                logger.warning("removing %s: it was not saved completely", ckpt)
+                shutil.rmtree(ckpt)
+    if training_args.resume_from_checkpoint == "auto" and (marker.exists() or fresh):
+        stale = fresh or json.loads(marker.read_text()).get("signature") != signature
+        if stale and training_args.process_index == 0:
+            found = list(out.glob("checkpoint-*"))
+            if found:
+                logger.warning("%s: discarding %d checkpoint(s) of %s; starting afresh", out, len(found),
+                               "an earlier run (--force)" if fresh else "another configuration or run inputs")
+            for ckpt in found:
+                shutil.rmtree(ckpt)
+    training_args.distributed_state.wait_for_everyone()
+    if training_args.process_index == 0:
+        write_json(marker, {"signature": signature})
+
+
+class TimeBudgetCallback(TrainerCallback):
+    """Stops training (after an evaluation and a save) once `minutes` of wall-clock time have passed."""
+
+    def __init__(self, minutes: float):
+        self.seconds = minutes * 60
+        self.start = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.time() - self.start > self.seconds and not control.should_training_stop:
+            logger.info("time budget of %.1f min used up at step %d: evaluating, saving, stopping",
+                        self.seconds / 60, state.global_step)
+            control.should_training_stop = True
+            control.should_evaluate = args.eval_strategy != "no"
+            control.should_save = True
+        return control
+
+
+# ----------------------------------------------------------------------------- final model
+
+
+def save_final(trainer, out_dir: Path, *, sids: dict, titles: dict[str, str], max_history: int | None, stage: str,
+               **extra) -> None:
+    """The (best, when selection ran) model with tokenizer, SID map, catalog titles and how it was trained
+    (genrec.json: prompt settings, precision, selection, `extra`) into `out_dir`; LoRA adapters are merged."""
+    state = trainer.state
+    meta = checkpoint_metadata(
+        max_history, bool(trainer.args.bf16), stage=stage, metric=trainer.args.metric_for_best_model,
+        best_metric=state.best_metric, best_step=state.best_global_step, global_step=state.global_step,
+        best_checkpoint=state.best_model_checkpoint, trained_on=describe_device(trainer.args.device), **extra)
+    if trainer.is_deepspeed_enabled:  # ZeRO-3 weights are sharded: let the trainer gather them
+        trainer.save_model(str(out_dir))
+        if trainer.is_world_process_zero():
+            write_checkpoint_extras(out_dir, sids, meta, titles)
+        return
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        if hasattr(model, "merge_and_unload"):
+            model = model.merge_and_unload()
+        save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles)
