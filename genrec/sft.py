@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -50,7 +49,9 @@ from genrec.training import (
     UNSET_OUTPUT_DIR,
     TimeBudgetCallback,
     TrainingOptions,
+    TrainingStageConfig,
     find_resume_checkpoint,
+    parse_yaml_config,
     prepare_resume,
     run_signature,
     save_final,
@@ -275,45 +276,20 @@ SFT_DATACLASSES = (GenRecSFTArguments, ModelConfig, GenRecSFTConfig)
 
 def parse_sft_config(path: str | Path, overrides: dict | None = None):
     """(GenRecSFTArguments, ModelConfig, SFTConfig) from an SFT YAML, with `overrides` replacing its values."""
-    from trl import TrlParser
-
-    from genrec.io import read_yaml_mapping
-
-    path = Path(path)
-    values = read_yaml_mapping(path, "SFT config (see configs/sft/)")
-    try:
-        return TrlParser(SFT_DATACLASSES).parse_dict({**values, **(overrides or {})})
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return parse_yaml_config(path, SFT_DATACLASSES, "SFT config (see configs/sft/)", overrides)
 
 
 @dataclass
-class SFTStageConfig:
+class SFTStageConfig(TrainingStageConfig):
     config: str = field(
         default="configs/sft/demo.yaml",
         metadata={"help": "SFT YAML (keys of GenRecSFTArguments, ModelConfig and SFTConfig), relative to the "
                   "working directory."},
     )
-    overrides: dict = field(
-        default_factory=dict,
-        metadata={"help": "Keys that replace the YAML's, e.g. {num_train_epochs: 1}; run_dir is the pipeline's."},
-    )
-    config_digest: str = field(
-        init=False, default="",
-        metadata={"help": "Derived: hash of the YAML's text, so editing the YAML re-runs the stage."},
-    )
-
-    def __post_init__(self):
-        if not isinstance(self.overrides, dict):
-            raise ValueError(f"sft.overrides must be a mapping of option: value, got {self.overrides!r}")
-        path = Path(self.config)
-        self.config_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
 
 
 def run_sft_stage(run_dir: Path, cfg: SFTStageConfig, force: bool = False) -> None:
     """The pipeline's `sft` stage: train in this process, resuming the stage's own checkpoints after a kill
     (unless `force`: then it starts afresh)."""
-    args, model_args, training_args = parse_sft_config(cfg.config, {**cfg.overrides, "run_dir": str(run_dir)})
-    if training_args.resume_from_checkpoint is None:
-        training_args.resume_from_checkpoint = "auto"
+    args, model_args, training_args = cfg.parse(SFT_DATACLASSES, "SFT config (see configs/sft/)", run_dir)
     train_sft(args, model_args, training_args, fresh=force)

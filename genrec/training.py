@@ -190,3 +190,49 @@ def save_final(trainer, out_dir: Path, *, sids: dict, titles: dict[str, str], ma
         if hasattr(model, "merge_and_unload"):
             model = model.merge_and_unload()
         save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles)
+
+
+# ----------------------------------------------------------------------------- config files and pipeline stages
+
+
+def parse_yaml_config(path: str | Path, dataclass_types: tuple, what: str, overrides: dict | None = None) -> tuple:
+    """The dataclasses of a training YAML (TRL's own way: TrlParser), with `overrides` replacing its values; errors
+    name the file."""
+    from trl import TrlParser
+
+    from genrec.io import read_yaml_mapping
+
+    path = Path(path)
+    values = read_yaml_mapping(path, what)
+    try:
+        return tuple(TrlParser(dataclass_types).parse_dict({**values, **(overrides or {})}))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+@dataclass
+class TrainingStageConfig:
+    """A training stage in a pipeline YAML: the stage's own YAML (configs/sft/, configs/grpo/) plus overrides."""
+
+    config: str = field(default="", metadata={"help": "Training YAML, relative to the working directory."})
+    overrides: dict = field(
+        default_factory=dict,
+        metadata={"help": "Keys that replace the YAML's, e.g. {num_train_epochs: 1}; run_dir is the pipeline's."},
+    )
+    config_digest: str = field(
+        init=False, default="",
+        metadata={"help": "Derived: hash of the YAML's text, so editing the YAML re-runs the stage."},
+    )
+
+    def __post_init__(self):
+        if not isinstance(self.overrides, dict):
+            raise ValueError(f"overrides must be a mapping of option: value, got {self.overrides!r}")
+        path = Path(self.config)
+        self.config_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else ""
+
+    def parse(self, dataclass_types: tuple, what: str, run_dir: Path) -> tuple:
+        """The stage's dataclasses for `run_dir`; the last (TRL's config) resumes its own checkpoints by default."""
+        parsed = parse_yaml_config(self.config, dataclass_types, what, {**self.overrides, "run_dir": str(run_dir)})
+        if parsed[-1].resume_from_checkpoint is None:
+            parsed[-1].resume_from_checkpoint = "auto"
+        return parsed

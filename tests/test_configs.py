@@ -21,7 +21,7 @@ def _files(folder: str, *suffixes: str) -> list[Path]:
 
 
 def test_every_config_file_has_a_parser():
-    parsed = {"sft", "pipeline", "tokenizer", "accelerate"}
+    parsed = {"sft", "grpo", "pipeline", "tokenizer", "accelerate"}
     folders = {p.parent.name for p in CONFIGS.rglob("*") if p.is_file()}
     assert folders <= parsed, f"add a test that parses configs/{sorted(folders - parsed)}"
 
@@ -38,6 +38,24 @@ def test_sft_config(path):
             if f.name in values and f.default is not dataclasses.MISSING:
                 assert values[f.name] != f.default, f"{path.name}: {f.name}: {values[f.name]!r} is the default"
     assert training_args.eval_strategy == "no" or training_args.metric_for_best_model == "eval_HR@10"
+
+
+@pytest.mark.parametrize("path", _files("grpo", ".yaml"), ids=lambda p: p.name)
+def test_grpo_config(path):
+    from genrec.grpo import GRPO_DATACLASSES
+
+    args = ["--config", str(path)] + (["--use_cpu", "true"] if not torch.cuda.is_available() else [])
+    script_args, training_args = TrlParser(GRPO_DATACLASSES).parse_args_and_config(args)
+    values = yaml.safe_load(path.read_text())
+    for key in ("beta", "loss_type", "scale_rewards"):  # TRL changed these defaults across versions
+        assert key in values, f"{path.name} must set {key} explicitly"
+    for obj in (script_args, training_args):
+        for f in dataclasses.fields(obj):
+            if f.name in values and f.default is not dataclasses.MISSING and f.name not in ("beta", "loss_type",
+                                                                                            "scale_rewards"):
+                assert values[f.name] != f.default, f"{path.name}: {f.name}: {values[f.name]!r} is the default"
+    assert training_args.per_device_train_batch_size % training_args.num_generations == 0
+    assert training_args.metric_for_best_model == "eval_NDCG@10"
 
 
 @pytest.mark.parametrize("path", _files("pipeline", ".yaml"), ids=lambda p: p.name)

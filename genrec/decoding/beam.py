@@ -273,3 +273,71 @@ def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor
         input_ids[i, width - len(ids):] = torch.tensor(ids)
         attention_mask[i, width - len(ids):] = 1
     return input_ids.to(device), attention_mask.to(device)
+
+
+@torch.inference_mode()
+def trie_sample(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    trie: SIDTrie,
+    *,
+    num_samples: int,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+    encode: Callable[[str], list[int]] | None = None,
+    generator: torch.Generator | None = None,
+) -> list[list[str]]:
+    """`num_samples` catalog items per prompt drawn from the model, token by token, among the tokens the trie
+    allows (so every draw is a real item; draws may repeat). Each prompt runs once and its KV cache is copied into
+    its samples. With a SID softmax or the full one the draw is the same: renormalising over the allowed tokens
+    cancels the normaliser.
+
+    Example:
+        >>> trie_sample(model, tokenizer, prompts, trie, num_samples=8, temperature=1.0)[0]  # doctest: +SKIP
+        ['B00123', 'B00777', 'B00123', ...]
+    """
+    if num_samples < 1 or temperature <= 0:
+        raise ValueError(f"num_samples={num_samples}, temperature={temperature}: need >= 1 and > 0")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
+    device = next(model.parameters()).device
+    if trie.edge_key.device != device:
+        trie.to(device)
+    encode = encode or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    encoded = [encode(p) for p in prompts]
+    out: list[list[str]] = []
+    for start in range(0, len(encoded), batch_size):
+        input_ids, attention_mask = _left_pad(encoded[start:start + batch_size], pad_id, device)
+        items = _sample_batch(model, input_ids, attention_mask, trie, num_samples, temperature, generator)
+        out += [[trie.item_ids[i] for i in row] for row in items.view(-1, num_samples).tolist()]
+    return out
+
+
+def _sample_batch(model, input_ids, attention_mask, trie: SIDTrie, num_samples: int, temperature: float,
+                  generator) -> torch.Tensor:
+    """Item indices ``(batch * num_samples,)`` drawn for a left-padded batch (Gumbel-max over allowed tokens)."""
+    step, logits = _stepper(model)
+    hidden = step(input_ids, attention_mask, (attention_mask.long().cumsum(-1) - 1).clamp(min=0))
+    src = torch.arange(input_ids.shape[0], device=input_ids.device).repeat_interleave(num_samples)
+    hidden, attention_mask = hidden[src], attention_mask[src]
+    rows = src.shape[0]
+    state = torch.zeros(rows, dtype=torch.int64, device=src.device)
+    item = torch.full((rows,), -1, dtype=torch.int64, device=src.device)
+    for depth in range(trie.depth + 1):
+        pair_rows, tokens = trie.allowed(state)
+        scores = logits(hidden).float()[pair_rows, tokens] / temperature
+        noise = torch.rand(scores.shape, generator=generator, device=scores.device).clamp(1e-20, 1.0)
+        keys = scores - torch.log(-torch.log(noise))
+        best = torch.full((rows,), -math.inf, device=scores.device).scatter_reduce(0, pair_rows, keys, "amax")
+        chosen = torch.full((rows,), trie.eos_token_id, dtype=torch.int64, device=scores.device)
+        chosen[pair_rows[keys == best[pair_rows]]] = tokens[keys == best[pair_rows]]
+        live = state >= 0
+        closes = live & (chosen == trie.eos_token_id)
+        item = torch.where(closes, trie.node_item[state.clamp(min=0)], item)
+        state = torch.where(closes | ~live, torch.full_like(state, DEAD), trie.child(state.clamp(min=0), chosen))
+        if bool((state < 0).all()) or depth == trie.depth:
+            break
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(rows, 1)], dim=1)
+        hidden = step(chosen[:, None], attention_mask, attention_mask.long().sum(-1, keepdim=True) - 1,
+                      src if depth == 0 else None)
+    return item
