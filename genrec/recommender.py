@@ -78,8 +78,9 @@ class Recommender:
         return self.rank_prompts([self.prompt(h) for h in histories], decode, k=k, progress=progress)
 
     def rank_prompts(self, prompts: Sequence[str], decode: DecodeConfig | None = None, *, k: int | None = None,
-                     progress: bool = False) -> list[Recommendation]:
-        """`recommend` for prompts already built by `prompt` (GRPO rollouts receive the dataset's prompt texts)."""
+                     progress: bool = False, **engine) -> list[Recommendation]:
+        """`recommend` for prompts already built by `prompt` (GRPO rollouts receive the dataset's prompt texts);
+        `engine` passes through to `genrec.decoding.recommend` (e.g. ``engine="generate"`` for benchmarks)."""
         decode = decode or DecodeConfig()
         model, was_training = self.model, self.model.training
         model.eval()
@@ -87,7 +88,8 @@ class Recommender:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16(decode.bf16)):
                 return recommend(model, self.tokenizer, prompts, self.trie, k=k or decode.beam,
                                  num_beams=decode.beam, batch_size=decode.batch_size, progress=progress,
-                                 encode=functools.partial(encode_prompt, self.tokenizer), softmax=decode.softmax)
+                                 encode=functools.partial(encode_prompt, self.tokenizer), softmax=decode.softmax,
+                                 **engine)
         finally:
             model.train(was_training)
 
