@@ -12,9 +12,10 @@ Teachers:
   dropped, and terms the LM tokenizer splits into n pieces are down-weighted by n ** -piece_penalty so the keywords
   tend to be whole words of the model's vocabulary. Description: ``Items such as "A", "B" and "C", sharing: kw1,
   kw2, ...`` (the top 8 keywords).
-- ``openai``: any OpenAI-compatible chat endpoint (OpenAI, a vLLM server, ...) via httpx, with the prompt in
-  genrec/prompts/describe_token.txt. Answers are parsed as JSON and retried when malformed; every answer is cached
-  in ``token_semantics.cache.jsonl`` so a killed run resumes without asking again.
+- ``openai``: any OpenAI-compatible chat endpoint (OpenAI, a vLLM server, ...) through genrec's one LLM client
+  (genrec.interests.llm), with the prompt in genrec/prompts/describe_token.txt. Answers are parsed as JSON and
+  retried when malformed; every answer is cached in ``token_semantics.cache.jsonl`` so a killed run resumes
+  without asking again.
 
 Example:
     >>> run_describe(Path("runs/demo"), DescribeConfig(teacher="tfidf"))  # doctest: +SKIP
@@ -27,11 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
-import re
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,22 +220,10 @@ def _template_description(titles: list[str], keywords: list[str], num_titles: in
 # ----------------------------------------------------------------------------- LLM teacher
 
 
-def parse_answer(text: str, num_keywords: int) -> dict:
-    """{"keywords", "description"} from an LLM answer holding one JSON object (fences, prose or <think> around it
-    are tolerated); raises ValueError saying what is wrong.
-
-    Example:
-        >>> parse_answer('```json\\n{"keywords": ["Gloves"], "description": "Hand protection."}\\n```', 15)
-        {'keywords': ['gloves'], 'description': 'Hand protection.'}
-    """
-    text = re.sub(r"<think>.*?</think>", "", text or "", flags=re.S)
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end < start:
-        raise ValueError("the answer holds no JSON object")
-    try:
-        obj = json.loads(text[start:end + 1])
-    except json.JSONDecodeError as e:
-        raise ValueError(f"the answer's JSON does not parse ({e.msg})") from None
+def check_answer(obj, num_keywords: int) -> dict:
+    """{"keywords", "description"} from the JSON value of an LLM answer; raises ValueError saying what is wrong."""
+    if not isinstance(obj, dict):
+        raise ValueError("the answer's JSON is not an object with keywords and description")
     keywords, description = obj.get("keywords"), obj.get("description")
     if not isinstance(keywords, list) or not all(isinstance(k, str) for k in keywords):
         raise ValueError("'keywords' must be a list of strings")
@@ -250,24 +235,38 @@ def parse_answer(text: str, num_keywords: int) -> dict:
     return {"keywords": cleaned[:num_keywords], "description": " ".join(description.split())}
 
 
+def parse_answer(text: str, num_keywords: int) -> dict:
+    """{"keywords", "description"} from an LLM answer holding one JSON object (fences, prose or <think> around it
+    are tolerated, JSON slips repaired where safe); raises ValueError saying what is wrong.
+
+    Example:
+        >>> parse_answer('```json\n{"keywords": ["Gloves"], "description": "Hand protection."}\n```', 15)
+        {'keywords': ['gloves'], 'description': 'Hand protection.'}
+    """
+    from genrec.interests.json_repair import extract_json
+
+    return check_answer(extract_json(text), num_keywords)
+
+
 class OpenAITeacher:
-    """Asks an OpenAI-compatible chat endpoint for each token's keywords and description.
+    """Asks an OpenAI-compatible chat endpoint for each token's keywords and description, through genrec's one LLM
+    client (genrec.interests.llm: bounded concurrency, retries with backoff, JSON repair).
 
     Example:
         >>> teacher = OpenAITeacher(items, DescribeConfig(teacher="openai", model="Qwen/Qwen3-8B"))  # doctest: +SKIP
-        >>> teacher.describe("<a_12>", ["12", "40"])  # doctest: +SKIP
+        >>> teacher.describe_all({"<a_12>": ["12", "40"]}, Path("runs/demo/token_semantics.cache.jsonl"))  # doctest: +SKIP
     """
 
     def __init__(self, items: list[dict], cfg: DescribeConfig, transport=None):
-        import httpx
+        from genrec.interests.llm import ClientConfig, LLMClient
 
         self.cfg = cfg
         self.lines = {it["item_id"]: item_text(it, cfg.title_template, 300) for it in items}
         self.template = Path(cfg.prompt_file or PROMPT_FILE).read_text(encoding="utf-8")
-        key = os.environ.get(cfg.api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(base_url=cfg.base_url.rstrip("/") + "/", headers=headers, timeout=cfg.timeout,
-                                   transport=transport)
+        self.client = LLMClient(ClientConfig(
+            model=cfg.model, base_url=cfg.base_url, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+            timeout=cfg.timeout, max_attempts=cfg.max_attempts, backoff_base=cfg.retry_wait,
+            temperature=cfg.temperature, max_tokens=cfg.max_tokens), transport=transport)
 
     def prompt(self, token: str, item_ids: list[str]) -> str:
         shown = item_ids
@@ -278,38 +277,40 @@ class OpenAITeacher:
         return self.template.format(token=token, num_items=len(item_ids), num_shown=len(shown), items=lines,
                                     num_keywords=self.cfg.num_keywords)
 
-    def ask(self, prompt: str) -> str:
-        body = {"model": self.cfg.model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": self.cfg.temperature, "max_tokens": self.cfg.max_tokens}
-        response = self.client.post("chat/completions", json=body)
-        response.raise_for_status()
-        try:
-            return response.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
-            raise ValueError(f"not a chat-completions response: {response.text[:200]!r}") from None
+    def cache_key(self, prompt: str) -> str:
+        return hashlib.sha1(json.dumps([self.cfg.model, prompt]).encode()).hexdigest()
 
-    def describe(self, token: str, item_ids: list[str]) -> dict:
-        import httpx
+    def describe_all(self, groups: dict[str, list[str]], cache_path: Path) -> dict[str, dict]:
+        """token -> {"keywords", "description"}; answers already in the cache file are not asked again, new ones are
+        appended as they arrive, so a killed run resumes. Raises `TeacherError` naming a token that got no usable
+        answer (after every other answer is cached)."""
+        from genrec.interests.llm import Completion
 
-        prompt, answer, error = self.prompt(token, item_ids), "", None
-        for attempt in range(self.cfg.max_attempts):
-            try:
-                answer = self.ask(prompt)
-                return parse_answer(answer, self.cfg.num_keywords)
-            except httpx.HTTPError as e:
-                error = f"HTTP error: {e}"
-                if attempt + 1 < self.cfg.max_attempts:
-                    time.sleep(self.cfg.retry_wait * 2**attempt)
-            except ValueError as e:
-                error = str(e)
-            logger.warning("describe %s: attempt %d/%d failed: %s", token, attempt + 1, self.cfg.max_attempts, error)
-        raise TeacherError(
-            f"describe: no usable answer for token {token} from model {self.cfg.model!r} at {self.cfg.base_url} "
-            f"after {self.cfg.max_attempts} attempts ({error}); last answer: {answer[:300]!r}. Check the endpoint "
-            "and model, raise describe.max_attempts, or use describe.teacher: tfidf")
+        cache = _read_cache(cache_path)
+        prompts = {tok: self.prompt(tok, ids) for tok, ids in groups.items()}
+        keys = {tok: self.cache_key(p) for tok, p in prompts.items()}
+        todo = {tok: p for tok, p in prompts.items() if keys[tok] not in cache}
+        logger.info("describe: %d tokens, %d cached, asking %s for %d", len(groups), len(groups) - len(todo),
+                    self.cfg.model, len(todo))
+        with open(cache_path, "a", encoding="utf-8") as f:
+            def keep(tok, result):
+                if isinstance(result, Completion):
+                    cache[keys[tok]] = result.value
+                    f.write(json.dumps({"key": keys[tok], "token": tok, **result.value}, ensure_ascii=False) + "\n")
+                    f.flush()
 
-    def cache_key(self, token: str, item_ids: list[str]) -> str:
-        return hashlib.sha1(json.dumps([self.cfg.model, self.prompt(token, item_ids)]).encode()).hexdigest()
+            results = self.client.complete_json(
+                todo, lambda obj: check_answer(obj, self.cfg.num_keywords), on_result=keep, progress="describe")
+        failed = {tok: r for tok, r in results.items() if not isinstance(r, Completion)}
+        if failed:
+            tok, why = next(iter(failed.items()))
+            logger.error("describe: %d of %d tokens failed; the others are cached in %s", len(failed), len(todo),
+                         cache_path)
+            raise TeacherError(
+                f"describe: no usable answer for token {tok} from model {self.cfg.model!r} at {self.cfg.base_url} "
+                f"after {why.attempts} attempts ({why.reason}); last answer: {(why.text or '')[:300]!r}. Check the "
+                "endpoint and model, raise describe.max_attempts, or use describe.teacher: tfidf")
+        return {tok: cache[keys[tok]] for tok in groups}
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
@@ -322,33 +323,6 @@ def _read_cache(path: Path) -> dict[str, dict]:
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     return cache
-
-
-def _describe_with_llm(teacher: OpenAITeacher, groups: dict[str, dict], cache_path: Path) -> dict[str, dict]:
-    from tqdm.auto import tqdm
-
-    cache = _read_cache(cache_path)
-    keys = {tok: teacher.cache_key(tok, g["items"]) for tok, g in groups.items()}
-    todo = [tok for tok in groups if keys[tok] not in cache]
-    logger.info("describe: %d tokens, %d cached, asking %s for %d", len(groups), len(groups) - len(todo),
-                teacher.cfg.model, len(todo))
-    errors = []
-    with ThreadPoolExecutor(teacher.cfg.concurrency) as pool, open(cache_path, "a", encoding="utf-8") as f:
-        futures = {pool.submit(teacher.describe, tok, groups[tok]["items"]): tok for tok in todo}
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="describe"):
-            tok = futures[fut]
-            try:
-                cache[keys[tok]] = fut.result()
-            except TeacherError as e:  # keep going so every other answer is cached for the next run
-                errors.append(e)
-                continue
-            f.write(json.dumps({"key": keys[tok], "token": tok, **cache[keys[tok]]}, ensure_ascii=False) + "\n")
-            f.flush()
-    if errors:
-        logger.error("describe: %d of %d tokens failed; the others are cached in %s", len(errors), len(todo),
-                     cache_path)
-        raise errors[0]
-    return {tok: cache[keys[tok]] for tok in groups}
 
 
 # ----------------------------------------------------------------------------- stage
@@ -374,7 +348,7 @@ def run_describe(run_dir: Path, cfg: DescribeConfig, *, transport=None) -> None:
         answers = {tok: teacher.describe(g["items"]) for tok, g in tqdm(groups.items(), desc="describe")}
     else:
         teacher = OpenAITeacher(items, cfg, transport)
-        answers = _describe_with_llm(teacher, groups, run.path(TOKEN_SEMANTICS_CACHE))
+        answers = teacher.describe_all({tok: g["items"] for tok, g in groups.items()}, run.path(TOKEN_SEMANTICS_CACHE))
     semantics = {tok: {**g, **answers[tok]} for tok, g in groups.items()}
     write_json(run.path(TOKEN_SEMANTICS), semantics)
     for tok in list(semantics)[:3]:

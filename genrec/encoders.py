@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -58,9 +60,13 @@ class EmbedConfig:
     )
     template: str = field(
         default=DEFAULT_TEMPLATE,
-        metadata={"help": "Python format string over item fields that builds the text to embed."},
+        metadata={"help": "Python format string over item fields that builds the text to embed; {interests} (positive "
+                  "interests, the label stage) and {archetype} (the mine stage) make it interest-enhanced (IEID)."},
     )
     max_chars: int = field(default=400, metadata={"help": "Item text is cut to this many characters."})
+    max_interests: int = field(
+        default=8, metadata={"help": "{interests} in the template: at most this many positive interests per item."}
+    )
     max_length: int = field(default=64, metadata={"help": "Tokenizer truncation length."})
     batch_size: int = field(default=64, metadata={"help": "Items per forward pass."})
     normalize: bool = field(default=True, metadata={"help": "L2-normalise the embeddings."})
@@ -138,9 +144,17 @@ class Encoder:
 
 
 def load_encoder(cfg: EmbedConfig) -> Encoder:
+    """The encoder of `cfg`, loaded once per process for each model / backend / length / batch / device setting, so
+    the stages of one pipeline run (embed, mine, label, the GRPO interest reward) share it."""
     if cfg.model == "minilm":  # the bundled model must never trigger a hub lookup
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return Encoder(cfg)
+    key = {k: v for k, v in asdict(cfg).items() if k not in ("template", "max_chars", "max_interests")}
+    return _encoder(tuple(sorted(key.items())))
+
+
+@functools.lru_cache(maxsize=4)
+def _encoder(key: tuple) -> Encoder:
+    return Encoder(EmbedConfig(**dict(key)))
 
 
 def nearest_items(item_ids: list[str], vectors: np.ndarray, k: int, chunk: int = 1024) -> dict[str, list[str]]:
@@ -158,12 +172,42 @@ def nearest_items(item_ids: list[str], vectors: np.ndarray, k: int, chunk: int =
     return out
 
 
+# item-text fields the mine / label stages provide, and the stage each comes from (IEID recipes)
+INTEREST_FIELDS = {"interests": "label", "archetype": "mine"}
+
+
+def template_fields(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def embed_needs(cfg: EmbedConfig) -> tuple[str, ...]:
+    """Stages the embed recipe reads besides data: label for {interests}, mine for {archetype}."""
+    used = template_fields(cfg.template)
+    return tuple(stage for name, stage in INTEREST_FIELDS.items() if name in used)
+
+
+def with_interests(items: list[dict], interests: dict[str, dict], max_interests: int) -> list[dict]:
+    """Items with two more text fields for the template: ``interests`` (the item's positive interests, most
+    confident first, at most `max_interests`, "; "-joined) and ``archetype`` (empty when none)."""
+    out = []
+    for item in items:
+        rec = interests.get(item["item_id"], {})
+        kept = [i for i in rec.get("interests", []) if i.get("positive", True)]
+        kept.sort(key=lambda i: -float(i.get("confidence") or 0.0))
+        out.append({**item, "interests": "; ".join(i["text"] for i in kept[:max_interests]),
+                    "archetype": rec.get("archetype") or ""})
+    return out
+
+
 def run_embed(run_dir: Path, cfg: EmbedConfig) -> None:
-    """The `embed` stage: items.jsonl -> item_emb.npy (row i = items.jsonl line i) + item_emb.json."""
+    """The `embed` stage: items.jsonl -> item_emb.npy (row i = items.jsonl line i) + item_emb.json. A template
+    that names {interests} or {archetype} reads them from interests.jsonl (the mine and label stages: IEID)."""
     from genrec.artifacts import ITEM_EMB, ITEM_EMB_META, Run
 
     run = Run(run_dir)
     items = run.items()
+    if embed_needs(cfg):
+        items = with_interests(items, run.interests(), cfg.max_interests)
     texts = [item_text(it, cfg.template, cfg.max_chars) for it in items]
     logger.info("embedding %d items with %s (%s)", len(texts), cfg.model, cfg.backend)
     emb = load_encoder(cfg).encode(texts, show_progress=True)

@@ -74,14 +74,15 @@ def test_tfidf_prefers_whole_words_of_the_lm_vocabulary(tmp_path):
     ('```json\n{"keywords": ["a"], "description": "b"}\n```', {"keywords": ["a"], "description": "b"}),  # fences
     ('<think>{"x": 1}</think>Sure! {"keywords": ["a"], "description": "b"}',
      {"keywords": ["a"], "description": "b"}),  # reasoning and prose around the JSON
+    ('{"keywords": ["a",], "description": "b",}', {"keywords": ["a"], "description": "b"}),  # trailing commas
 ])
 def test_parse_answer_accepts(answer, expected):
     assert parse_answer(answer, 15) == expected
 
 
 @pytest.mark.parametrize("answer, match", [
-    ("I cannot help with that.", "no JSON"),  # prose only
-    ('{"keywords": ["a",], "description": "b"}', "does not parse"),  # broken JSON
+    ("I cannot help with that.", "no complete JSON"),  # prose only
+    ('{"keywords": ["a" "description": }', "JSON"),  # broken beyond repair
     ('{"keywords": "a, b", "description": "b"}', "list of strings"),  # wrong type
     ('{"keywords": ["a"]}', "description"),  # missing field
     ('{"keywords": [" "], "description": "b"}', "empty"),  # nothing usable
