@@ -25,9 +25,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from genrec.artifacts import SPLITS, Run
+from genrec.artifacts import ITEMS, SPLIT, SPLITS, Run
 from genrec.decoding.beam import DecodeConfig
-from genrec.evaluation import KS, write_results
+from genrec.evaluation import KS, train_item_counts, write_results
 from genrec.recommender import Recommender, has_sid_map, load_recommender
 
 logger = logging.getLogger(__name__)
@@ -64,13 +64,18 @@ def evaluate_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = Non
     recommender = load_recommender(checkpoint, device=device, sids=None if has_sid_map(checkpoint) else run.sids())
     rows = run.split(split)[:max_rows]
     logger.info("evaluating %s on %d %s rows", checkpoint, len(rows), split)
+    counts = None  # the head / tail / cold breakdown needs the train rows and the catalog
+    if run.exists(SPLIT, split="train") and run.exists(ITEMS):
+        counts = train_item_counts(run.split("train"), [it["item_id"] for it in run.items()])
     return evaluate_model(recommender, rows, Path(out_dir) if out_dir else run.eval_dir(split), split=split,
-                          decode=decode, progress=progress, extra={"checkpoint": str(checkpoint)})
+                          decode=decode, progress=progress, extra={"checkpoint": str(checkpoint)}, item_counts=counts)
 
 
 def evaluate_model(recommender: Recommender, rows: Sequence[dict], out_dir: str | Path, *, split: str,
-                   decode: DecodeConfig | None = None, progress: bool = True, extra: dict | None = None) -> dict:
-    """Rank `rows` with an in-memory `Recommender` and write the shared output files; returns the metrics."""
+                   decode: DecodeConfig | None = None, progress: bool = True, extra: dict | None = None,
+                   item_counts: dict[str, int] | None = None) -> dict:
+    """Rank `rows` with an in-memory `Recommender` and write the shared output files; returns the metrics.
+    `item_counts` (train interactions per item) adds the head / tail / cold breakdown."""
     if not rows:
         raise ValueError(f"split {split!r} has no rows to evaluate")
     decode = decode or DecodeConfig()
@@ -87,7 +92,7 @@ def evaluate_model(recommender: Recommender, rows: Sequence[dict], out_dir: str 
         Path(out_dir), rows, [r.items for r in recs], scores=[r.scores for r in recs], method="genrec",
         split=split, seconds=seconds, beam=decode.beam, invalid=invalid,
         extra={"softmax": decode.softmax, "bf16": recommender.use_bf16(decode.bf16), "short_rows": short,
-               "catalog_items": recommender.trie.num_items, **(extra or {})},
+               "catalog_items": recommender.trie.num_items, **(extra or {})}, item_counts=item_counts,
     )
     logger.info("%s: HR@10 %.4f NDCG@10 %.4f invalid %d (%.1f s) -> %s", split, metrics["HR@10"],
                 metrics["NDCG@10"], invalid, seconds, out_dir)
@@ -112,16 +117,25 @@ class EvaluateStageConfig(DecodeConfig):
 
     split: str = field(default="test", metadata={"help": "Split the pipeline's evaluate stage scores."})
     max_rows: int | None = field(default=None, metadata={"help": "Score only the first N rows (smoke runs)."})
+    checkpoint: str = field(
+        default="auto",
+        metadata={"help": "Model to score: 'sft', 'grpo', or 'auto' (the last training stage the pipeline runs; "
+                  "the pipeline resolves it when it reads the config)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
         EvaluateArgs(run_dir=".", split=self.split, max_rows=self.max_rows)  # same checks as the CLI
+        if self.checkpoint not in ("auto", "sft", "grpo"):
+            raise ValueError(f"evaluate.checkpoint={self.checkpoint!r}: use auto, sft or grpo")
 
 
 def run_evaluate_stage(run_dir: Path, cfg: EvaluateStageConfig) -> None:
-    """The pipeline's `evaluate` stage: score <run_dir>/checkpoints/sft on a split -> eval/<split>/metrics.json."""
+    """The pipeline's `evaluate` stage: score the run's sft or grpo model on a split -> eval/<split>/metrics.json."""
     decode = DecodeConfig(**{f: v for f, v in asdict(cfg).items() if f in DecodeConfig.__dataclass_fields__})
-    evaluate_checkpoint(run_dir, split=cfg.split, decode=decode, max_rows=cfg.max_rows)
+    stage = "sft" if cfg.checkpoint == "auto" else cfg.checkpoint
+    evaluate_checkpoint(run_dir, Run(run_dir).checkpoint(stage), split=cfg.split, decode=decode,
+                        max_rows=cfg.max_rows)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """`genrec report --run-dir DIR [DIR ...] [--split test] [--paired]`: one table of every metrics.json in one or
 more runs (model evaluations and baselines); with several runs each row names its run (e.g. an ablation side by
 side). `--paired` adds each run's difference to the first run on the same rows, with a 95% paired bootstrap
-interval, so an ablation says whether a gap is larger than the noise of the test set.
+interval, so an ablation says whether a gap is larger than the noise of the test set. When metrics.json files hold
+the popularity breakdown (`genrec.evaluation.bucket_metrics`), a second table gives HR@10 / NDCG@10 on the rows
+whose target is a head, tail or cold item, with the rows in each bucket.
 
 Example:
     $ genrec report --run-dir runs/demo
@@ -9,6 +11,7 @@ Example:
     $ genrec report --run-dir runs/sa runs/random --split test --paired
     | run | vs | split | rows | ΔHR@5 | ΔNDCG@5 | ΔHR@10 | ΔNDCG@10 | ...
     | random | sa | test | 4533 | -0.0055 [-0.0113, +0.0004] | -0.0054 [-0.0093, -0.0016] | ...
+    | method | split | head rows | head HR@10 | head NDCG@10 | tail rows | ... | cold NDCG@10 |
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 from scipy.stats import bootstrap
 
 from genrec.artifacts import PREDICTIONS, Run
-from genrec.evaluation import row_metrics
+from genrec.evaluation import BUCKET_METRICS, BUCKETS, row_metrics
 
 COLUMNS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
@@ -37,6 +40,23 @@ def markdown_table(metrics: list[dict], runs: bool = False) -> str:
         cells = [str(m.get("run"))] * runs + [str(m.get("method")), str(m.get("split")), str(m.get("rows"))]
         cells += [f"{m[c]:.4f}" if c in m else "–" for c in COLUMNS]
         cells += [str(m.get("invalid", 0)), f"{m.get('seconds', 0):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bucket_table(metrics: list[dict], runs: bool = False) -> str | None:
+    """Head / tail / cold HR@10 and NDCG@10 with the rows per bucket, for the metrics that have them (else None)."""
+    metrics = [m for m in metrics if isinstance(m.get("buckets"), dict)]
+    if not metrics:
+        return None
+    head = ["run"] * runs + ["method", "split"] + [f"{b} {c}" for b in BUCKETS for c in ("rows", *BUCKET_METRICS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in metrics:
+        cells = [str(m.get("run"))] * runs + [str(m.get("method")), str(m.get("split"))]
+        for b in BUCKETS:
+            part = m["buckets"].get(b) or {}
+            cells.append(str(part.get("rows", "–")))
+            cells += [f"{part[c]:.4f}" if isinstance(part.get(c), float) else "–" for c in BUCKET_METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -101,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
                                     "run `genrec pipeline` (evaluate stage) or `genrec baseline NAME` first")
         metrics += [{**m, "run": run_dir.name} for m in found]
     print(markdown_table(metrics, runs=len(args.run_dir) > 1))
+    buckets = bucket_table(metrics, runs=len(args.run_dir) > 1)
+    if buckets:
+        print()
+        print(buckets)
     if args.paired:
         print()
         print(paired_table(paired_differences(list(map(Path, args.run_dir)), args.split)))

@@ -50,6 +50,9 @@ def test_popularity_ranks_by_train_counts_and_writes_the_shared_format(tmp_path)
         "popularity", "test", 2, None, 0)
     assert metrics["hyperparameters"] == {"exclude_history": False}
     assert metrics["selection"]["split"] == "valid" and metrics["seconds"] >= 0
+    # head = c (3 train interactions, the top 20% of the 4 items seen), b is tail, e cold (never in train)
+    assert {b: (metrics["buckets"][b]["rows"], metrics["buckets"][b]["items"]) for b in ("head", "tail", "cold")} == {
+        "head": (1, 1), "tail": (1, 3), "cold": (0, 1)}
 
 
 def test_popularity_counts_targets_option(tmp_path):
@@ -132,7 +135,7 @@ def test_bad_input_gives_a_clear_error(tmp_path, argv, error, match):
 def test_no_name_prints_usage_and_exits():
     with pytest.raises(SystemExit):
         main([])
-    assert set(BASELINES) == {"popularity", "cooc", "knn", "sasrec"}
+    assert set(BASELINES) == {"popularity", "cooc", "knn", "sasrec", "sasrec-faerec"}
 
 
 def test_unknown_catalog_item_in_a_split_is_rejected(tmp_path):
@@ -179,9 +182,11 @@ def test_report_puts_several_runs_side_by_side(tmp_path, capsys):
             main(["popularity", "--run-dir", str(run), "--split", split])
         runs.append(str(run))
     report_main(["--run-dir", *runs, "--split", "test"])
-    lines = capsys.readouterr().out.splitlines()
+    table, buckets = capsys.readouterr().out.strip().split("\n\n")  # the metrics, then head / tail / cold
+    lines = table.splitlines()
     assert lines[0].startswith("| run | method | split |")
     assert [line.split(" | ")[0] for line in lines[2:]] == ["| sa", "| random"]  # one test row per run
+    assert buckets.startswith("| run | method | split | head rows |") and len(buckets.splitlines()) == 4
     with pytest.raises(FileNotFoundError, match="no train metrics.json"):
         report_main(["--run-dir", runs[0], "--split", "train"])
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .collisions import COLLISION_METHODS
 
 METHODS = ("rqvae", "rkmeans")
+CALIBRATIONS = ("none", "genair")
+INPUTS = ("text", "fused")  # or a directory holding item_emb.npy + item_emb.json
 
 
 @dataclass
@@ -68,6 +72,55 @@ class QuantizeConfig:
         metadata={"help": "CPU threads for fitting (torch and scikit-learn); the matrices are small, so one thread "
                           "is fastest and never slows down under contention; 0 keeps the process default."},
     )
+    input: str = field(
+        default="text",
+        metadata={"help": "Vectors to quantize: 'text' (the embed stage's item_emb.npy), 'fused' (train the "
+                          "sasrec-faerec baseline on the run inside this stage, early-stopped on valid, and quantize "
+                          "its fused ID/text item embeddings: collaborative-semantic SIDs) or a directory holding "
+                          "item_emb.npy + item_emb.json for every catalog item (e.g. written by `genrec baseline "
+                          "sasrec-faerec --export-embeddings DIR`; its content is part of the fingerprint)."},
+    )
+    fused_options: dict = field(
+        default_factory=dict,
+        metadata={"help": "input=fused: sasrec-faerec options that differ from its defaults, e.g. {epochs: 60}."},
+    )
+    archetype_weight: float = field(
+        default=0.0,
+        metadata={"help": "input=text: mix each item's archetype (the mine stage's interests.jsonl) into its "
+                          "vector: normalize((1 - w) text + w archetype), the archetype encoded with the embed "
+                          "stage's model; items without one keep their text vector; 0 disables."},
+    )
+    calibration: str = field(
+        default="none",
+        metadata={"help": "'genair': adjust the vectors to the train split's co-interactions before quantizing "
+                          "(genrec.calibrate: GenAIR's loss, a pull on co-interacted pairs, an anchor to the input); "
+                          "'none' quantizes them as they are."},
+    )
+    calibration_gamma: float = field(
+        default=4.0, metadata={"help": "genair: gamma of w_ij = exp(-gamma s_ij) (higher spares co-interacted pairs)."}
+    )
+    calibration_weight: float = field(
+        default=1.0, metadata={"help": "genair: weight of GenAIR's spreading loss (the anchor's weight is 1)."}
+    )
+    calibration_pull: float = field(
+        default=0.3, metadata={"help": "genair: weight of the pull between co-interacted items (s_ij-weighted)."}
+    )
+    calibration_window: int | None = field(
+        default=None,
+        metadata={"help": "genair: count pairs at most this many positions apart in a user's train sequence; "
+                          "None counts every pair of the sequence."},
+    )
+    calibration_steps: int = field(default=300, metadata={"help": "genair: optimisation steps."})
+    calibration_batch_size: int = field(
+        default=256, metadata={"help": "genair: co-interacted pairs (and as many random items) per step."}
+    )
+    calibration_lr: float = field(default=1e-3, metadata={"help": "genair: AdamW learning rate."})
+    calibration_hidden: int = field(default=256, metadata={"help": "genair: hidden width of the residual map."})
+    input_digest: str = field(
+        init=False, default="",
+        metadata={"help": "Derived: hash of the input directory's item_emb.npy when input is a directory, so new "
+                          "vectors re-run the stage."},
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -91,3 +144,33 @@ class QuantizeConfig:
         if self.kmeans_iters < 1 or self.kmeans_n_init < 1 or self.dead_code_threshold < 0 or self.cpu_threads < 0:
             raise ValueError("quantize: kmeans_iters and kmeans_n_init must be >= 1, dead_code_threshold and "
                              "cpu_threads >= 0")
+        self._check_inputs()
+        self._check_calibration()
+
+    def _check_inputs(self):
+        if self.input not in INPUTS:
+            from genrec.artifacts import ITEM_EMB
+
+            path = Path(self.input) / ITEM_EMB
+            if not path.is_file():
+                raise ValueError(f"quantize.input={self.input!r}: use 'text', 'fused' or a directory holding "
+                                 "item_emb.npy + item_emb.json (genrec baseline sasrec-faerec --export-embeddings DIR)")
+            self.input_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        if not isinstance(self.fused_options, dict):
+            raise ValueError(f"quantize.fused_options must be a mapping of option: value, got {self.fused_options!r}")
+        if not 0.0 <= self.archetype_weight < 1.0:
+            raise ValueError(f"quantize.archetype_weight={self.archetype_weight}: use a value in [0, 1)")
+        if self.archetype_weight and self.input != "text":
+            raise ValueError("quantize.archetype_weight needs input=text (archetypes are encoded by the text "
+                             "encoder); set it to 0 or use input: text")
+
+    def _check_calibration(self):
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"quantize.calibration={self.calibration!r}: use one of {CALIBRATIONS}")
+        if min(self.calibration_gamma, self.calibration_weight, self.calibration_pull) < 0:
+            raise ValueError("quantize: calibration_gamma, calibration_weight and calibration_pull must be >= 0")
+        if min(self.calibration_steps, self.calibration_batch_size, self.calibration_hidden) < 1:
+            raise ValueError("quantize: calibration_steps, calibration_batch_size and calibration_hidden must be >= 1")
+        if self.calibration_lr <= 0 or (self.calibration_window is not None and self.calibration_window < 1):
+            raise ValueError("quantize: calibration_lr must be > 0 and calibration_window >= 1 (or None: whole "
+                             "sequences)")

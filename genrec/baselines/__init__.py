@@ -5,8 +5,9 @@
 
 NAME is one of: popularity (train frequency), cooc (next-item co-occurrence with popularity back-off),
 knn (cosine similarity of the run's item embeddings to the history), sasrec (self-attentive sequential model on
-item ids). Everything is fitted on train; hyper-parameters are chosen on valid, never on test, and recorded in
-metrics.json. Output goes to ``<run-dir>/baselines/<name>/<split>`` unless --out says otherwise.
+item ids), sasrec-faerec (SASRec over a gated fusion of ID and text embeddings, after FAERec). Everything is
+fitted on train; hyper-parameters are chosen on valid, never on test, and recorded in metrics.json. Output goes
+to ``<run-dir>/baselines/<name>/<split>`` unless --out says otherwise.
 
 Example:
     >>> main(["popularity", "--run-dir", "runs/demo", "--split", "test"])  # doctest: +SKIP
@@ -26,6 +27,7 @@ BASELINES = {
     "cooc": "genrec.baselines.cooc",
     "knn": "genrec.baselines.knn",
     "sasrec": "genrec.baselines.sasrec",
+    "sasrec-faerec": "genrec.baselines.faerec",
 }
 
 

@@ -5,7 +5,7 @@ shared `BaselineArgs`). A scorer fits on the train split when it is built and th
 ``scorer.score(rows, **params)`` returns a dense ``(len(rows), n_items)`` float array for one point of
 ``scorer.grid()``. `run_baseline` picks the grid point (and whether to drop the row's own history items from the
 list) on the valid split, never on test, then ranks the requested split and writes the same metrics.json /
-predictions.jsonl as `genrec evaluate`.
+predictions.jsonl as `genrec evaluate`, with the head / tail / cold breakdown of the train item counts.
 """
 
 from __future__ import annotations
@@ -213,8 +213,10 @@ def run_baseline(name: str, module, args: BaselineArgs, cfg) -> dict:
         "train_rows": len(data.train),
         "items": data.n_items,
     }
+    counts = item_counts(train_sequences(data.train, data.index), data.n_items)
     metrics = write_results(out, data.eval_rows, ranked, scores=scores, method=name, split=args.split,
-                            seconds=seconds, beam=None, invalid=0, extra=extra)
+                            seconds=seconds, beam=None, invalid=0, extra=extra,
+                            item_counts=dict(zip(data.item_ids, counts.astype(int).tolist())))
     logger.info("%s on %s: %s (%.1fs) -> %s", name, args.split,
                 "  ".join(f"{m} {metrics[m]:.4f}" for m in METRICS), seconds, out)
     return metrics

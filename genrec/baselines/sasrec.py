@@ -8,6 +8,8 @@ each user's train sequence (see `train_sequences`), cut from the end into window
 full-softmax cross-entropy at every position (each train interaction is a target once). The model is evaluated
 on valid every ``eval_every`` epochs; the best epoch by the selection metric is kept and training stops after
 ``patience`` evaluations without improvement. Seeded; CPU-sized defaults (a few minutes on 2 cores).
+`prepare`, `backbone` and `fit` are shared with sasrec-faerec (genrec.baselines.faerec), which only swaps the item
+table.
 """
 
 from __future__ import annotations
@@ -66,7 +68,11 @@ class Config:
 
 
 class SASRec(nn.Module):
-    """Causal self-attention over item ids 1..n (0 = padding, always on the right)."""
+    """Causal self-attention over item ids 1..n (0 = padding, always on the right).
+
+    The item table (row 0 = padding) embeds the inputs and scores the outputs (tied weights). It is the model's own
+    ``item_emb`` unless the caller passes another one (FAERec passes its fused ID/text table).
+    """
 
     def __init__(self, *, n_items: int, hidden: int, layers: int, heads: int, dropout: float, max_len: int):
         super().__init__()
@@ -83,13 +89,23 @@ class SASRec(nn.Module):
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
 
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        """(batch, length) item ids -> (batch, length, n_items) next-item logits."""
+    def forward(self, seq: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
+        """(batch, length) item ids -> (batch, length, n_items) next-item logits; `table`: (n_items + 1, hidden)."""
+        table = self.item_emb.weight if table is None else table
         length = seq.size(1)
-        x = self.item_emb(seq) + self.pos_emb(torch.arange(length, device=seq.device))
+        x = table[seq] + self.pos_emb(torch.arange(length, device=seq.device))
         mask = nn.Transformer.generate_square_subsequent_mask(length, device=seq.device)
         h = self.norm(self.blocks(self.drop(x), mask=mask, is_causal=True))
-        return h @ self.item_emb.weight[1:].T
+        return h @ table[1:].T
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor, epoch: int) -> tuple[torch.Tensor, dict]:
+        """Full-softmax next-item cross-entropy at every non-padding position, and its parts for the progress bar."""
+        loss = next_item_loss(self(inputs), labels)
+        return loss, {"rec": loss.item()}
+
+
+def next_item_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
 
 
 def training_windows(seqs: list[list[int]], max_len: int) -> list[list[int]]:
@@ -113,7 +129,9 @@ def _batch(windows: list[list[int]], device: str) -> tuple[torch.Tensor, torch.T
 
 
 class SasrecScorer:
-    def __init__(self, model: SASRec, data: RunData, max_len: int, device: str, batch_size: int = 512):
+    """Scores rows with a model that maps (batch, length) item ids to next-item logits (SASRec, FAERec)."""
+
+    def __init__(self, model: nn.Module, data: RunData, max_len: int, device: str, batch_size: int = 512):
         self.model, self.data, self.max_len, self.device, self.batch_size = model, data, max_len, device, batch_size
         self.info: dict = {}
 
@@ -141,29 +159,33 @@ def _valid_metric(scorer: SasrecScorer, metric: str, exclude: bool) -> float:
     return ranking_metrics(ranked, [r["target"] for r in scorer.data.valid])[metric]
 
 
-def train(scorer: SasrecScorer, windows: list[list[int]], cfg: Config, args: BaselineArgs) -> dict:
-    """Train with early stopping on the valid metric; load the best epoch's weights into the model."""
+def train(scorer: SasrecScorer, windows: list[list[int]], cfg: Config, args: BaselineArgs, name: str = "sasrec"
+          ) -> dict:
+    """Train with early stopping on the valid metric; load the best epoch's weights into the model.
+
+    The model's ``training_loss(inputs, labels, epoch)`` gives the loss of a batch (its curriculum may depend on the
+    1-based epoch) and the parts shown on the progress bar."""
     metric, exclude = args.select_metric, args.exclude_history == "yes"  # 'auto' is decided after training
     model, rng = scorer.model, random.Random(args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     best = {"epoch": 0, "value": -1.0, "state": copy.deepcopy(model.state_dict())}
-    stale, bar = 0, tqdm(range(1, cfg.epochs + 1), desc="sasrec", unit="epoch")
+    stale, bar = 0, tqdm(range(1, cfg.epochs + 1), desc=name, unit="epoch")
+    steps = -(-len(windows) // cfg.batch_size)
     for epoch in bar:
         model.train()
         rng.shuffle(windows)
-        total = 0.0
+        totals: dict[str, float] = {}
         for start in range(0, len(windows), cfg.batch_size):
             inputs, labels = _batch(windows[start:start + cfg.batch_size], cfg.device)
-            loss = nn.functional.cross_entropy(model(inputs).flatten(0, 1), labels.flatten(), ignore_index=-100)
+            loss, parts = model.training_loss(inputs, labels, epoch)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += loss.item()
+            totals = {k: totals.get(k, 0.0) + v / steps for k, v in parts.items()}
         if epoch % cfg.eval_every and epoch != cfg.epochs:
             continue
         value = _valid_metric(scorer, metric, exclude)
-        bar.set_postfix(loss=f"{total / max(1, -(-len(windows) // cfg.batch_size)):.3f}",
-                        **{f"valid_{metric}": f"{value:.4f}"})
+        bar.set_postfix(**{k: f"{v:.3f}" for k, v in totals.items()}, **{f"valid_{metric}": f"{value:.4f}"})
         if value > best["value"]:
             best, stale = {"epoch": epoch, "value": value, "state": copy.deepcopy(model.state_dict())}, 0
         else:
@@ -172,28 +194,42 @@ def train(scorer: SasrecScorer, windows: list[list[int]], cfg: Config, args: Bas
                 break
     bar.close()
     model.load_state_dict(best["state"])
-    logger.info("sasrec: best valid %s %.4f at epoch %d (stopped at %d)", metric, best["value"],
+    logger.info("%s: best valid %s %.4f at epoch %d (stopped at %d)", name, metric, best["value"],
                 best["epoch"], epoch)
     return {"best_epoch": best["epoch"], "epochs_run": epoch, f"valid_{metric}": round(best["value"], 5)}
 
 
-def build(data: RunData, cfg: Config, args: BaselineArgs) -> SasrecScorer:
-    seed = args.seed
+def prepare(data: RunData, cfg: Config, seed: int) -> tuple[int, list[list[int]]]:
+    """Seed every generator and set torch's threads; return max_len and the training windows of the train split."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    all_rows = [*data.train, *data.valid, *data.eval_rows]
-    max_len = cfg.max_len or max(len(r["history"]) for r in all_rows)
-    model = SASRec(n_items=data.n_items, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-                   dropout=cfg.dropout, max_len=max_len).to(cfg.device)
+    max_len = cfg.max_len or max(len(r["history"]) for r in [*data.train, *data.valid, *data.eval_rows])
     windows = training_windows(train_sequences(data.train, data.index), max_len)
     if not windows:
         raise ValueError("the train split has no sequence of two or more items; SASRec has nothing to learn from")
-    logger.info("sasrec: %d training windows, max_len %d, %d parameters", len(windows), max_len,
+    return max_len, windows
+
+
+def backbone(data: RunData, cfg: Config, max_len: int) -> SASRec:
+    return SASRec(n_items=data.n_items, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
+                  max_len=max_len)
+
+
+def fit(model: nn.Module, data: RunData, cfg: Config, args: BaselineArgs, max_len: int, windows: list[list[int]],
+        name: str = "sasrec") -> SasrecScorer:
+    """Train `model` (SASRec or a model around it) with early stopping on valid; the scorer of its best epoch."""
+    model = model.to(cfg.device)
+    logger.info("%s: %d training windows, max_len %d, %d parameters", name, len(windows), max_len,
                 sum(p.numel() for p in model.parameters()))
     scorer = SasrecScorer(model, data, max_len, cfg.device)
-    summary = train(scorer, windows, cfg, args)
+    summary = train(scorer, windows, cfg, args, name)
     scorer.info = {"max_len": max_len, "train_windows": len(windows), **summary}
     return scorer
+
+
+def build(data: RunData, cfg: Config, args: BaselineArgs) -> SasrecScorer:
+    max_len, windows = prepare(data, cfg, args.seed)
+    return fit(backbone(data, cfg, max_len), data, cfg, args, max_len, windows)
