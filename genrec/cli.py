@@ -3,9 +3,12 @@
     genrec pipeline CONFIG [--run-dir DIR] [--stages data,embed,quantize] [--force] [--set section.key=value ...]
     genrec stage NAME CONFIG [--run-dir DIR] [--force] [--set section.key=value ...]
 
+    genrec mine --run_dir DIR ...  (genrec.interests.mine: deep interests of every item)
     genrec evaluate ...          (genrec.evaluate: constrained beam search over a split)
-    genrec baseline NAME ...     (genrec.baselines: popularity, sasrec, knn, cooc)
+    genrec baseline NAME ...     (genrec.baselines: popularity, cooc, knn, sasrec, sasrec-faerec)
     genrec report --run-dir DIR [DIR ...] [--split S] [--paired]  (genrec.report: metrics tables, paired differences)
+    genrec serve CHECKPOINT ...  (genrec.serving: the HTTP API)
+    genrec recommend ...         (genrec.client: one-off queries to a server or a checkpoint)
 
 Sub-commands that own a module take their arguments from that module's `main(argv)`, so
 `genrec evaluate --help` shows the module's own options.
@@ -24,10 +27,10 @@ def _run_dir(args) -> Path:
 
 
 def cmd_pipeline(args) -> None:
-    from genrec.pipeline import load_pipeline_config, run_pipeline
+    from genrec.pipeline import load_pipeline_config, parse_stage_list, run_pipeline
 
+    stages = None if args.stages is None else parse_stage_list(args.stages)  # --stages "" is an error, not "all"
     cfg = load_pipeline_config(args.config, args.set)
-    stages = args.stages.split(",") if args.stages else None
     run_pipeline(cfg, _run_dir(args), stages, force=args.force)
 
 
@@ -39,9 +42,13 @@ def cmd_stage(args) -> None:
 
 # sub-command -> "module:function" taking the remaining argv
 DELEGATED = {
+    "mine": ("genrec.interests.mine:main", "mine each item's deep interests with LLMs or the offline extractor"),
     "evaluate": ("genrec.evaluate:main", "evaluate a checkpoint with trie-constrained beam search"),
-    "baseline": ("genrec.baselines:main", "run a baseline (popularity, sasrec, knn, cooc) in the same harness"),
+    "baseline": ("genrec.baselines:main", "run a baseline (popularity, cooc, knn, sasrec, sasrec-faerec) in the same "
+                 "harness"),
     "report": ("genrec.report:main", "print one table of every metrics.json in a run directory"),
+    "serve": ("genrec.serving.server:main", "serve a checkpoint over HTTP: constrained-decoding recommendations"),
+    "recommend": ("genrec.client:main", "one-off recommendations from a server or a checkpoint"),
 }
 
 

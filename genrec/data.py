@@ -9,6 +9,13 @@ interactions sorted by time; for each position j >= 1 one row with target = item
 previous min(j, max_history) items; all rows sorted stably by the target's time and cut by row count
 8:1:1 into train / valid / test (global and chronological, not leave-one-out).
 
+What the loaders accept (anything else fails with the file, the line and the fix, before anything is written):
+UTF-8 text (a BOM is fine); item ids that are strings or integers (integers become strings); a title that is a
+non-empty string (a number is refused with "quote it", since 1984 and 1984.0 would be different titles); brand a
+string; description and categories a string, a list of strings or the repr of a Python list (MiniOneRec);
+timestamps as unix seconds or ISO dates from 1970-01-01 to 2100-01-01 (MAX_TIMESTAMP); CSV rows with exactly
+the header's number of fields; and, in the data stage, train, valid and test splits that all have rows.
+
 Example:
     >>> ds = load_dataset(DataConfig(source="synthetic", synthetic_users=50))  # doctest: +SKIP
     >>> ds.write(Path("runs/demo"))  # doctest: +SKIP
@@ -18,15 +25,17 @@ from __future__ import annotations
 
 import ast
 import csv
+import io
 import json
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from genrec.io import read_jsonl, write_json, write_jsonl
+from genrec.io import describe_value, json_type, read_jsonl, read_jsonl_lines, read_text, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -75,22 +84,70 @@ class Dataset:
     splits: dict[str, list[dict]]
 
     def write(self, run_dir: Path) -> None:
-        write_jsonl(run_dir / "items.jsonl", self.items)
+        from genrec.artifacts import DATA_STATS, ITEMS, SPLIT
+
+        write_jsonl(run_dir / ITEMS, self.items)
         for name in SPLITS:
-            write_jsonl(run_dir / "splits" / f"{name}.jsonl", self.splits[name])
-        write_json(run_dir / "data_stats.json", self.stats())
+            write_jsonl(run_dir / SPLIT.format(split=name), self.splits[name])
+        write_json(run_dir / DATA_STATS, self.stats())
 
     def stats(self) -> dict:
         return {"items": len(self.items), **{f"{s}_rows": len(self.splits[s]) for s in SPLITS}}
 
 
+# Latest interaction time accepted: 2100-01-01T00:00:00Z in unix seconds. Later values are nearly always
+# milliseconds or a corrupted field, and would sort those rows after every real one, into the test split.
+MAX_TIMESTAMP = 4102444800
+GENERIC_FILES = ("items.jsonl", "interactions.csv")
+_GENERIC_MISSING = ("it is an input of the generic layout: check data.path (the folder that holds items.jsonl and "
+                    "interactions.csv)")
+_MINIONEREC_MISSING = "it is an input of the MiniOneRec layout: check data.path, data.name and data.train_split"
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
+    """The data stage's dataset; every record is checked and every split must have rows before anything is written."""
     if cfg.source == "synthetic":
         items, interactions = make_synthetic(cfg.synthetic_items, cfg.synthetic_users, seed=cfg.seed)
-        return Dataset(items, build_splits(interactions, cfg.max_history))
+        ds = Dataset(items, build_splits(interactions, cfg.max_history))
+    elif cfg.source == "minionerec":
+        ds = load_minionerec(Path(cfg.path), cfg.name, cfg.train_split)
+    else:
+        ds = load_generic(Path(cfg.path), cfg.max_history)
+    check_splits(ds, cfg)
+    return ds
+
+
+def input_files(cfg: DataConfig) -> list[Path]:
+    """The files the data stage reads for `cfg` (none for synthetic data), so the pipeline can fingerprint their
+    content and re-run the stage when one is edited, without knowing the layouts.
+
+    Example:
+        >>> input_files(DataConfig(source="generic", path="data/shop"))
+        [PosixPath('data/shop/items.jsonl'), PosixPath('data/shop/interactions.csv')]
+    """
+    if cfg.source == "synthetic":
+        return []
+    if cfg.source == "generic":
+        return [Path(cfg.path) / name for name in GENERIC_FILES]
+    item_file, split_files = minionerec_files(Path(cfg.path), cfg.name, cfg.train_split)
+    return [item_file, *split_files.values()]
+
+
+def check_splits(ds: Dataset, cfg: DataConfig) -> None:
+    """An empty split would make model selection or the test metrics silently meaningless, so stop here."""
+    counts = {s: len(ds.splits[s]) for s in SPLITS}
+    empty = [s for s in SPLITS if not counts[s]]
+    if not empty:
+        return
     if cfg.source == "minionerec":
-        return load_minionerec(Path(cfg.path), cfg.name, cfg.train_split)
-    return load_generic(Path(cfg.path), cfg.max_history)
+        fix = "that split's CSV has no rows; check data.path, data.name and data.train_split"
+    else:
+        fix = ("the 8:1:1 cut by row count needs at least 10 rows (a user's k interactions give k-1 rows): add "
+               "interactions, or users with two or more")
+    source = f"data.source={cfg.source!r}" + (f", data.path={cfg.path}" if cfg.path else "")
+    splits = f"{' and '.join(empty)} split{'s' if len(empty) > 1 else ''}"
+    raise ValueError(f"{source}: the {splits} came out empty ({sum(counts.values())} rows in all: train "
+                     f"{counts['train']}, valid {counts['valid']}, test {counts['test']}); {fix}")
 
 
 def read_items(run_dir: Path) -> list[dict]:
@@ -103,52 +160,105 @@ def read_split(run_dir: Path, split: str) -> list[dict]:
     return read_jsonl(Path(run_dir) / "splits" / f"{split}.jsonl")
 
 
-# ----------------------------------------------------------------------------- catalog checks
+# ----------------------------------------------------------------------------- records: items, CSV rows
 
 
-def _clean_text(value) -> str:
-    """MiniOneRec stores descriptions as the repr of a Python list of strings; join those into one text."""
+_NOT_A_LITERAL = object()
+
+
+def _literal(text: str):
+    """ast.literal_eval, or _NOT_A_LITERAL for anything it refuses (including [[[[... and 5000-digit integers)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return _NOT_A_LITERAL
+
+
+def _item_text(value, key: str, where: str, lists: bool = False) -> str:
+    """One text field of an item, "" when absent.
+
+    str() would turn null, {'en': 'Hammer'} or False into text that trains (and matches) as if it were real, so
+    other types are refused. description and categories also take MiniOneRec's two forms: a list of strings, or
+    the repr of a Python list (joined into one text); a title is taken as written.
+    """
     if value is None:
         return ""
-    if isinstance(value, list):
-        return " ".join(str(v) for v in value).strip()
-    text = str(value).strip()
-    if text.startswith("[") and text.endswith("]"):
-        try:
-            parsed = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
+    if lists and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return " ".join(value).strip()
+    if not isinstance(value, str):
+        expected = "a string or a list of strings" if lists else "a string"
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        hint = f'; quote it ("{key}": "{value}") if it really is the text' if number else ""
+        raise ValueError(f"{where}: {key} must be {expected}, got {describe_value(value)}{hint}")
+    text = value.strip()
+    if lists and text.startswith("[") and text.endswith("]"):
+        parsed = _literal(text)
         if isinstance(parsed, list):
             return " ".join(str(v) for v in parsed).strip()
     return text
 
 
-def _make_item(item_id, record: dict, where: str) -> dict:
+def _make_item(item_id: str, record, where: str) -> dict:
+    """A catalog entry: a title (plain non-empty text), the other text fields checked, extra fields kept."""
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: item {item_id!r} must be an object with a title, got {type(record).__name__}")
-    title = _clean_text(record.get("title"))
+        raise ValueError(f"{where}: item {item_id!r} must be an object with a title, got {json_type(record)}")
+    title = _item_text(record.get("title"), "title", where)
     if not title:
         raise ValueError(f"{where}: item {item_id!r} has an empty title; every item needs a title (fix or drop it)")
     item = {k: v for k, v in record.items() if k not in TEXT_FIELDS and k != "item_id"}
-    item.update({"item_id": str(item_id), "title": title})
+    item.update({"item_id": item_id, "title": title})
     for key in ("description", "brand", "categories"):
-        item[key] = _clean_text(record.get(key))
+        item[key] = _item_text(record.get(key), key, where, lists=key != "brand")
+    try:  # JSON escapes can spell lone surrogates ("\ud800"), which no UTF-8 file can hold: catch them before writing
+        json.dumps(item, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}: item {item_id!r} holds a lone surrogate escape such as \\ud800 (not valid "
+                         "Unicode); fix that escape") from None
     return item
 
 
-def _no_duplicate_keys(where: str):
-    def hook(pairs):
-        seen = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(f"{where}: duplicate item id {key!r}; item ids must be unique")
-            seen.add(key)
-        return dict(pairs)
+def _csv_records(path: Path, required: tuple[str, ...], missing: str) -> Iterator[tuple[str, dict]]:
+    """("file:line", row) for each non-blank row of a CSV with a header, checking the columns and field counts."""
+    reader = csv.reader(io.StringIO(read_text(path, missing), newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        absent = sorted(set(required) - set(header))
+        if absent:
+            raise ValueError(f"{path}: missing column(s) {absent}; found {header}, need {','.join(required)}")
+        for row in reader:
+            if not row:
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                raise ValueError(f"{where}: expected {len(header)} fields, got {len(row)} (header: "
+                                 f"{','.join(header)}); quote values that contain a comma")
+            yield where, dict(zip(header, row))
+    except csv.Error as e:
+        raise ValueError(f"{path}:{reader.line_num}: not valid CSV ({e}); fix that line") from None
 
-    return hook
+
+def _check_root(root: Path, layout: str) -> None:
+    if not root.exists():
+        raise FileNotFoundError(f"data.path={root} does not exist; point it at the {layout} dataset folder")
+    if not root.is_dir():
+        raise ValueError(f"data.path={root} is a file; point it at the {layout} dataset folder that holds it")
 
 
 # ----------------------------------------------------------------------------- MiniOneRec layout
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicate_keys(pairs):
+    """json object_pairs_hook: json.loads would silently keep the last of two equal keys."""
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise _DuplicateKey(key)
+        seen.add(key)
+    return dict(pairs)
 
 
 def _find_name(root: Path, name: str | None) -> str:
@@ -163,26 +273,14 @@ def _find_name(root: Path, name: str | None) -> str:
 def _one_csv(folder: Path, what: str) -> Path:
     files = sorted(folder.glob("*.csv"))
     if len(files) != 1:
-        raise FileNotFoundError(f"{folder}: expected exactly one {what} CSV, found {len(files)}")
+        raise FileNotFoundError(f"{folder}: expected exactly one {what} CSV, found {len(files)}; check data.path")
     return files[0]
 
 
-def load_minionerec(root: Path, name: str | None = None, train_split: str = "auto") -> Dataset:
-    """Load MiniOneRec's processed Amazon data (see ../shared/data/amazon18/README.md for the layout)."""
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.path={root} is not a directory")
+def minionerec_files(root: Path, name: str | None = None, train_split: str = "auto") -> tuple[Path, dict[str, Path]]:
+    """The catalog file and the train/valid/test CSVs that `load_minionerec` reads for these settings."""
+    _check_root(root, "MiniOneRec")
     name = _find_name(root, name)
-    item_file = root / "index" / f"{name}.item.json"
-    if not item_file.exists():
-        raise FileNotFoundError(f"{item_file} not found; check data.path and data.name")
-    where = str(item_file)
-    try:
-        raw = json.loads(item_file.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys(where))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: not valid JSON ({e})") from None
-    items = [_make_item(k, v, f"{where}, item {k!r}") for k, v in raw.items()]
-    known = {it["item_id"] for it in items}
-
     official = sorted((root / "train").glob("*.csv")) if (root / "train").is_dir() else []
     recovered = root / "recovered_partial" / f"{name}.train_recovered_subset.csv"
     if train_split == "official" or (train_split == "auto" and official):
@@ -191,54 +289,94 @@ def load_minionerec(root: Path, name: str | None = None, train_split: str = "aut
         if not recovered.exists():
             raise FileNotFoundError(f"no train rows: neither {root}/train/*.csv nor {recovered} exists")
         train_file = recovered
-    logger.info("train rows from %s", train_file)
-    splits = {"train": read_minionerec_csv(train_file, known)}
-    for split in ("valid", "test"):
-        splits[split] = read_minionerec_csv(_one_csv(root / split, split), known)
-    return Dataset(items, splits)
+    splits = {"train": train_file, **{s: _one_csv(root / s, s) for s in ("valid", "test")}}
+    return root / "index" / f"{name}.item.json", splits
+
+
+def load_minionerec(root: Path, name: str | None = None, train_split: str = "auto") -> Dataset:
+    """Load MiniOneRec's processed Amazon data (see ../shared/data/amazon18/README.md for the layout)."""
+    item_file, split_files = minionerec_files(root, name, train_split)
+    items = read_minionerec_items(item_file)
+    known = {it["item_id"] for it in items}
+    logger.info("train rows from %s", split_files["train"])
+    return Dataset(items, {split: read_minionerec_csv(path, known) for split, path in split_files.items()})
+
+
+def read_minionerec_items(path: Path) -> list[dict]:
+    """index/<name>.item.json: one JSON object mapping item id -> {title, description, brand, categories}."""
+    try:
+        raw = json.loads(read_text(path, _MINIONEREC_MISSING), object_pairs_hook=_no_duplicate_keys)
+    except _DuplicateKey as e:
+        raise ValueError(f"{path}: duplicate item id or field {e.args[0]!r}; item ids and the fields of an item "
+                         "must be unique") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except (ValueError, RecursionError) as e:  # a 5000-digit integer, [[[[...
+        if str(path) in str(e):
+            raise
+        raise ValueError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected one JSON object mapping item id -> item fields, got {json_type(raw)}")
+    items, seen = [], set()
+    for key, record in raw.items():
+        where, iid = f"{path}, item {key!r}", key.strip()
+        if not iid or iid in seen:
+            problem = "duplicate item id" if iid else "empty item id"
+            raise ValueError(f"{where}: {problem}; item ids must be unique and non-empty")
+        seen.add(iid)
+        items.append(_make_item(iid, record, where))
+    return items
 
 
 def _parse_id_list(text: str, where: str) -> list[str]:
-    try:
-        value = ast.literal_eval(text) if text.strip() else []
-    except (ValueError, SyntaxError):
-        raise ValueError(f"{where}: history_item_id {text[:60]!r} is not a list like [1, 2, 3]") from None
+    value = _literal(text) if text.strip() else []
+    if value is _NOT_A_LITERAL:
+        raise ValueError(f"{where}: history_item_id {text[:60]!r} is not a list like [1, 2, 3]")
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{where}: history_item_id must be a list, got {text[:60]!r}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in value):
+        raise ValueError(f"{where}: history_item_id {text[:60]!r} must list item ids (integers or strings)")
     return [str(v) for v in value]
 
 
 def read_minionerec_csv(path: Path, known: set[str]) -> list[dict]:
     rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"user_id", "history_item_id", "item_id"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
-        for rec in reader:
-            where = f"{path}:{reader.line_num}"
-            history = _parse_id_list(rec["history_item_id"], where)
-            target = str(rec["item_id"]).strip()
-            for iid in [*history, target]:
-                if iid not in known:
-                    raise ValueError(f"{where}: unknown item id {iid!r} (not in the catalog); fix the row or the catalog")
-            if not history:
-                raise ValueError(f"{where}: empty history; every row needs at least one previous item")
-            rows.append({"user_id": rec["user_id"], "history": history, "target": target})
+    for where, rec in _csv_records(path, ("user_id", "history_item_id", "item_id"), _MINIONEREC_MISSING):
+        history = _parse_id_list(rec["history_item_id"], where)
+        target = rec["item_id"].strip()
+        for iid in [*history, target]:
+            if iid not in known:
+                raise ValueError(f"{where}: unknown item id {iid!r} (not in the catalog); fix the row or the catalog")
+        if not history:
+            raise ValueError(f"{where}: empty history; every row needs at least one previous item")
+        if not rec["user_id"].strip():
+            raise ValueError(f"{where}: empty user_id; every row needs one")
+        rows.append({"user_id": rec["user_id"], "history": history, "target": target})
     return rows
 
 
 # ----------------------------------------------------------------------------- generic layout
 
 
+def _item_id(record: dict, where: str) -> str:
+    """item_id as a string: a string or an integer in the file (null, true or 1.5 would turn into ids by str())."""
+    if "item_id" not in record:
+        raise ValueError(f"{where}: record has no item_id; every line needs item_id and title")
+    value = record["item_id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{where}: item_id must be a string or an integer, got {describe_value(value)}")
+    iid = str(value).strip()
+    if not iid:
+        raise ValueError(f"{where}: record has an empty item_id; every line needs item_id and title")
+    return iid
+
+
 def read_generic_items(path: Path) -> list[dict]:
     """Read items.jsonl: one object per line with item_id and title (description, brand, categories optional)."""
     items, first_line = [], {}
-    for lineno, rec in enumerate(read_jsonl(path), 1):
+    for lineno, rec in read_jsonl_lines(path, _GENERIC_MISSING):
         where = f"{path}:{lineno}"
-        if "item_id" not in rec or str(rec["item_id"]).strip() == "":
-            raise ValueError(f"{where}: record has no item_id; every line needs item_id and title")
-        iid = str(rec["item_id"]).strip()
+        iid = _item_id(rec, where)
         if iid in first_line:
             raise ValueError(f"{where}: duplicate item_id {iid!r} (first seen on line {first_line[iid]})")
         first_line[iid] = lineno
@@ -249,44 +387,43 @@ def read_generic_items(path: Path) -> list[dict]:
 
 
 def parse_timestamp(value: str, where: str) -> float:
-    """Unix seconds (int or float) or an ISO-8601 date/time."""
-    text = str(value).strip()
+    """Unix seconds (int or float) or an ISO-8601 date/time, between 1970 and 2100 (see MAX_TIMESTAMP)."""
+    text, hint = str(value).strip(), ""
     try:
-        return float(text)
+        ts = float(text)
+        if MAX_TIMESTAMP < ts <= MAX_TIMESTAMP * 1000:
+            hint = "; it looks like milliseconds: divide by 1000"
     except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        raise ValueError(
-            f"{where}: timestamp {text!r} is neither unix seconds nor an ISO date like 2018-03-01T12:00:00"
-        ) from None
+        try:
+            ts = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+        except (ValueError, OverflowError, OSError):
+            raise ValueError(
+                f"{where}: timestamp {text!r} is neither unix seconds nor an ISO date like 2018-03-01T12:00:00"
+            ) from None
+    if not 0 <= ts <= MAX_TIMESTAMP:  # also refuses nan
+        raise ValueError(f"{where}: timestamp {text!r} is out of range: use unix seconds from 0 (1970-01-01) to "
+                         f"{MAX_TIMESTAMP} (2100-01-01), or an ISO date in those years{hint}")
+    return ts
 
 
 def read_interactions(path: Path, known: set[str]) -> list[tuple[str, str, float]]:
     out = []
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = {"user_id", "item_id", "timestamp"} - set(reader.fieldnames or [])
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need user_id,item_id,timestamp")
-        for rec in reader:
-            where = f"{path}:{reader.line_num}"
-            iid = str(rec["item_id"]).strip()
-            if iid not in known:
-                raise ValueError(f"{where}: unknown item_id {iid!r} (not in items.jsonl)")
-            out.append((str(rec["user_id"]).strip(), iid, parse_timestamp(rec["timestamp"], where)))
+    for where, rec in _csv_records(path, ("user_id", "item_id", "timestamp"), _GENERIC_MISSING):
+        user, iid = rec["user_id"].strip(), rec["item_id"].strip()
+        if not user:
+            raise ValueError(f"{where}: empty user_id; every row needs user_id,item_id,timestamp")
+        if iid not in known:
+            raise ValueError(f"{where}: unknown item_id {iid!r} (not in items.jsonl)")
+        out.append((user, iid, parse_timestamp(rec["timestamp"], where)))
     if not out:
         raise ValueError(f"{path}: no interactions")
     return out
 
 
 def load_generic(root: Path, max_history: int = 10) -> Dataset:
-    items = read_generic_items(root / "items.jsonl")
-    inter_path = root / "interactions.csv"
-    if not inter_path.exists():
-        raise FileNotFoundError(f"{inter_path} not found; the generic layout needs items.jsonl and interactions.csv")
-    interactions = read_interactions(inter_path, {it["item_id"] for it in items})
+    _check_root(root, "generic")
+    items = read_generic_items(root / GENERIC_FILES[0])
+    interactions = read_interactions(root / GENERIC_FILES[1], {it["item_id"] for it in items})
     return Dataset(items, build_splits(interactions, max_history))
 
 

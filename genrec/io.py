@@ -7,10 +7,12 @@ target, so a killed stage never leaves a half-written file that a resumed run wo
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,33 +66,145 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
             np.save(f, array)
 
 
-def read_json(path: str | os.PathLike) -> Any:
+def _os_error(path: Path, e: OSError, missing: str) -> Exception:
+    """One line "file: problem; fix" for an OS error, as ValueError / FileNotFoundError (what the CLI reports)."""
+    if isinstance(e, FileNotFoundError):
+        return FileNotFoundError(f"{path} does not exist; {missing}")
+    if isinstance(e, IsADirectoryError):
+        return ValueError(f"{path}: is a directory, not a file; point to the file itself")
+    if isinstance(e, PermissionError):
+        return ValueError(f"{path}: permission denied; make it readable (chmod u+r) or copy it somewhere readable")
+    return ValueError(f"{path}: cannot be read ({e.strerror or e}); check the path")
+
+
+def _decode(data: bytes, path: Path) -> str:
+    """UTF-8 text, a leading BOM dropped (spreadsheets write one); anything else names the file and the fix."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise ValueError(f"{path}: not UTF-8 text (UTF-16, by its byte-order mark); save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as UTF-8") from None
+    if "\x00" in text:  # UTF-16 without a byte-order mark decodes as UTF-8 with a NUL after every ASCII letter
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 text (NUL bytes: UTF-16?); save it as UTF-8")
+    return text
+
+
+def read_text(path: str | os.PathLike, missing: str = "run the stage that writes it first") -> str:
+    """The whole text of a UTF-8 file; every file genrec reads as text comes through here.
+
+    OS and codec errors become one "file: problem; fix" line (FileNotFoundError for a missing file, ValueError
+    otherwise) that the CLI prints without a traceback. `missing` is the fix for a missing file: stage outputs
+    name the stage that writes them, user inputs the setting that points to them.
+
+    Example:
+        >>> read_text("data/shop/items.jsonl", missing="check data.path")  # doctest: +SKIP
+    """
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+    except OSError as e:
+        raise _os_error(path, e, missing) from None
+    return _decode(data, path)
+
+
+def file_sha256(path: str | os.PathLike, cache: dict | None = None) -> str:
+    """Hex sha256 of a file's bytes, "missing" when there is no such file (the loader reports that, not this).
+
+    `cache` maps str(path) -> {"size", "mtime_ns", "sha256"}; a file whose size and mtime are unchanged is not
+    read again, so fingerprinting a large unchanged input costs one stat. Entries are added or refreshed in place.
+    """
+    path = Path(path)
+    try:
+        st = path.stat()
+        if not path.is_file():
+            return "missing"
+        key, entry = str(path), (cache or {}).get(str(path))
+        if isinstance(entry, dict) and (entry.get("size"), entry.get("mtime_ns")) == (st.st_size, st.st_mtime_ns):
+            if isinstance(entry.get("sha256"), str):
+                return entry["sha256"]
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first") from None
-    except json.JSONDecodeError as e:
+        return "missing"
+    except OSError as e:
+        raise _os_error(path, e, "check the path") from None
+    if cache is not None:
+        cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+    return digest.hexdigest()
+
+
+# atomic_path's temporaries: "." + target name + "." + mkstemp's 8 random characters + ".tmp"
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, max_age_s: float = 3600.0) -> list[Path]:
+    """Delete atomic_path temporaries under `folder` not modified for `max_age_s` seconds; return them.
+
+    A killed write leaves its temporary behind forever; one that is still being written (by another process
+    sharing the run directory) is younger than an hour, since a write keeps touching its file.
+    """
+    removed, now = [], time.time()
+    for parent, _, files in os.walk(folder):  # does not follow symlinks out of the run directory
+        for name in files:
+            path = Path(parent) / name
+            try:
+                if _TEMP_NAME.fullmatch(name) and now - path.lstat().st_mtime > max_age_s:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:  # removed meanwhile, or not ours to remove: leave it
+                continue
+    return removed
+
+
+def json_type(value: Any) -> str:
+    """A value's type as a JSON or YAML file spells it, for messages ("a string", "null", "an object")."""
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+             int: "an integer", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def describe_value(value: Any) -> str:
+    """Type and (shortened) value for a message: "a string 'abc'", "a list [1, 2]", "null"."""
+    return "null" if value is None else f"{json_type(value)} {repr(value)[:60]}"
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"{path}: not valid JSON ({e}); delete it and re-run the stage that writes it") from None
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+def read_jsonl_lines(
+    path: str | os.PathLike, missing: str = "run the stage that writes it first"
+) -> list[tuple[int, dict]]:
+    """(physical line number, object) for each non-blank line, so messages about a record name its real line."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; run the stage that writes it first")
     records = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object per line, got {type(rec).__name__}")
-            records.append(rec)
+    for lineno, line in enumerate(read_text(path, missing).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg}); fix or remove that line") from None
+        except (ValueError, RecursionError) as e:  # e.g. an integer of more than 4300 digits, or [[[[...
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({type(e).__name__}); fix or remove it") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object per line, got {json_type(rec)}")
+        records.append((lineno, rec))
     return records
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [rec for _, rec in read_jsonl_lines(path)]
 
 
 def load_yaml(text: str) -> Any:
@@ -133,10 +247,9 @@ def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict:
     import yaml
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
+    text = read_text(path, missing=f"check the {what} path")
     try:
-        values = load_yaml(path.read_text(encoding="utf-8")) or {}
+        values = load_yaml(text) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

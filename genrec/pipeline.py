@@ -1,11 +1,13 @@
 """The stage pipeline: `genrec pipeline CONFIG [--run-dir DIR] [--stages a,b,c]`.
 
 A pipeline config is one YAML with a section per stage (``data:``, ``embed:``, ``quantize:``, ...); each section
-fills that stage's config dataclass, so only values that differ from the defaults need to be written. Every stage
-reads the previous stages' files from the run directory and writes its own. After a stage finishes, its
-fingerprint (hash of its own config and of the fingerprints of the stages it depends on) is stored under
-``<run_dir>/.genrec/``; a stage whose outputs exist with the same fingerprint is skipped, so a killed pipeline
-resumes where it stopped, and changing a stage's config re-runs it and everything downstream.
+fills that stage's config dataclass, so only values that differ from the defaults need to be written; unknown
+options and values of the wrong type fail when the section is built, before any stage runs. Every stage reads the
+previous stages' files from the run directory and writes its own. After a stage finishes, its fingerprint (hash
+of its own config, of the content of the user files it reads, and of the fingerprints of the stages it depends on)
+is stored under ``<run_dir>/.genrec/``; a stage whose outputs exist with the same fingerprint is skipped, so a
+killed pipeline resumes where it stopped, and changing a stage's config or editing the dataset's files re-runs it
+and everything downstream.
 
 Example:
     >>> cfg = load_pipeline_config("configs/pipeline/demo.yaml")  # doctest: +SKIP
@@ -20,12 +22,25 @@ import importlib
 import inspect
 import json
 import logging
+import shutil
 import time
+import types
+import typing
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from genrec.io import read_json, read_yaml_mapping, write_json
+from genrec import artifacts as A
+from genrec.io import (
+    describe_value,
+    file_sha256,
+    json_type,
+    read_json,
+    read_yaml_mapping,
+    remove_stale_temp_files,
+    write_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,26 +51,50 @@ class Stage:
     config: Any  # "module:Class" of the stage's config dataclass (or the class itself)
     run: Any  # "module:function" called as run(run_dir, cfg) (or the function itself)
     outputs: tuple[str, ...]
+    # stages this one reads from; "name?" only when the pipeline's stage list has that stage (optional stages)
     after: tuple[str, ...] = ()
+    inputs: Any = None  # "module:function" listing the user files the stage reads for a config (fingerprinted)
+    needs: Any = None  # "module:function": extra stages this one reads for a given config (e.g. embed -> label)
+
+
+def _checkpoint(stage: str, name: str) -> str:
+    return f"{A.CHECKPOINT.format(stage=stage)}/{name}"
 
 
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in [
         Stage("data", "genrec.data:DataConfig", "genrec.pipeline:run_data",
-              ("items.jsonl", "splits/train.jsonl", "splits/valid.jsonl", "splits/test.jsonl")),
-        Stage("embed", "genrec.encoders:EmbedConfig", "genrec.encoders:run_embed",
-              ("item_emb.npy", "item_emb.json"), ("data",)),
-        Stage("quantize", "genrec.tokenizer:QuantizeConfig", "genrec.tokenizer:run_quantize",
-              ("sids.json", "sid_report.json"), ("embed",)),
-        Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe",
-              ("token_semantics.json",), ("quantize",)),
+              (A.ITEMS, *(A.SPLIT.format(split=s) for s in A.SPLITS)), inputs="genrec.data:input_files"),
+        Stage("mine", "genrec.interests.mine:MineConfig", "genrec.interests.mine:run_mine", (A.INTERESTS,),
+              ("data",)),
+        Stage("label", "genrec.interests.label:LabelConfig", "genrec.interests.label:run_label",
+              (A.INTERESTS, A.RLDI_REPORT), ("mine",)),
+        Stage("embed", "genrec.encoders:EmbedConfig", "genrec.encoders:run_embed", (A.ITEM_EMB, A.ITEM_EMB_META),
+              ("data",), needs="genrec.encoders:embed_needs"),
+        Stage("quantize", "genrec.tokenizer:QuantizeConfig", "genrec.tokenizer:run_quantize", (A.SIDS, A.SID_REPORT),
+              ("embed",), needs="genrec.tokenizer.stage:quantize_needs"),
+        Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe", (A.TOKEN_SEMANTICS,),
+              ("quantize",)),
         Stage("sft", "genrec.sft:SFTStageConfig", "genrec.sft:run_sft_stage",
-              ("checkpoints/sft/config.json", "checkpoints/sft/sids.json"), ("describe",)),
+              (_checkpoint("sft", "config.json"), _checkpoint("sft", A.SIDS)), ("describe",)),
+        Stage("grpo", "genrec.grpo:GRPOStageConfig", "genrec.grpo:run_grpo_stage",
+              (_checkpoint("grpo", "config.json"), _checkpoint("grpo", A.SIDS)), ("sft",)),
         Stage("evaluate", "genrec.evaluate:EvaluateStageConfig", "genrec.evaluate:run_evaluate_stage",
-              ("eval/{split}/metrics.json",), ("sft",)),
+              (f"{A.EVAL}/{A.METRICS}",), ("sft", "grpo?")),
     ]
 }
+
+
+def dependencies(cfg: PipelineConfig, stage: str) -> list[str]:
+    """The stages `stage` reads from in this pipeline: its fixed ones, its optional ones the config runs, and what
+    its config needs (e.g. an embed recipe with interests needs the label stage)."""
+    st = STAGES[stage]
+    deps = [a for a in st.after if not a.endswith("?")]
+    deps += [a[:-1] for a in st.after if a.endswith("?") and a[:-1] in cfg.stages]
+    if st.needs is not None:
+        deps += [d for d in _load(st.needs)(cfg.sections[stage]) if d in cfg.stages]
+    return list(dict.fromkeys(deps))
 
 
 def _load(ref):
@@ -66,16 +105,85 @@ def _load(ref):
     return getattr(importlib.import_module(module), name)
 
 
-def from_dict(cls, values: dict | None, where: str):
-    """Build a config dataclass from a YAML mapping; unknown keys fail with the list of valid ones."""
-    values = dict(values or {})
+def _matches(value, tp) -> bool:
+    """Whether a YAML value fits a field annotation; int fits float, bool fits only bool, "3" never fits int."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is object:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if origin is typing.Literal:
+        return any(value == a and type(value) is type(a) for a in args)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp in (list, tuple) or origin in (list, tuple):  # YAML spells every sequence as a list
+        item = args[0] if args else Any
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if tp is dict or origin is dict:
+        key, val = args if len(args) == 2 else (Any, Any)
+        return isinstance(value, dict) and all(_matches(k, key) and _matches(v, val) for k, v in value.items())
+    if tp is Path:
+        return isinstance(value, (str, Path))
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True  # annotations this checker does not model are left to the dataclass
+
+
+def _type_name(tp) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def check_types(cls, values: dict, where: str, section: str | None = None) -> None:
+    """Refuse values whose type does not fit the field, before the dataclass (or a stage, much later) sees them.
+
+    YAML and --set values arrive with YAML's types: "abc" or 2.5 for an int fails here with the option, the expected
+    type and the value. A quoted "3" is refused too rather than coerced, so the YAML says what the code gets.
+
+    Example:
+        >>> check_types(DataConfig, {"max_history": 2.5}, "p.yaml", "data")  # doctest: +SKIP
+        ValueError: p.yaml: data.max_history=2.5: expected int, got a number
+    """
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        tp = hints.get(key, Any)
+        if not _matches(value, tp):
+            name = f"{section}.{key}" if section else key
+            raise ValueError(f"{where}: {name}={repr(value)[:80]}: expected {_type_name(tp)}, got {json_type(value)}")
+
+
+def from_dict(cls, values: dict | None, where: str, section: str | None = None):
+    """Build a config dataclass from a YAML mapping with transformers' HfArgumentParser.
+
+    Unknown keys fail with the list of valid ones and wrongly typed values with the type expected (check_types),
+    both naming `where` (file and section), before any stage runs.
+
+    Example:
+        >>> from_dict(QuantizeConfig, {"levels": 4}, "configs/tokenizer/x.yaml").levels  # doctest: +SKIP
+        4
+    """
+    from transformers import HfArgumentParser
+
+    if values is None:
+        values = {}
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of options, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
+        raise ValueError(f"{where}: expected a mapping of option: value, got {describe_value(values)}; write one "
+                         "option per line under the section, e.g. 'seed: 1'")
+    names = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+    unknown = sorted(str(k) for k in values if k not in names)
     if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown}; valid options are {sorted(names)}")
-    return cls(**values)
+        raise ValueError(f"{where}: unknown option(s) {unknown}; valid options are {names}")
+    check_types(cls, values, where, section)
+    try:
+        (obj,) = HfArgumentParser(cls).parse_dict(values, allow_extra_keys=False)
+    except TypeError as e:  # e.g. a required option left out
+        raise ValueError(f"{where}: {e}") from None
+    return obj
 
 
 @dataclass
@@ -94,7 +202,8 @@ def load_pipeline_config(path: str | Path, overrides: list[str] | None = None) -
     raw = read_yaml_mapping(path, "pipeline config")
     for item in overrides or []:
         apply_override(raw, item)
-    return pipeline_config_from_dict(raw, where=str(path) + (f" with --set {' '.join(overrides)}" if overrides else ""))
+    where = str(path) + (f" with --set {' '.join(overrides)}" if overrides else "")
+    return pipeline_config_from_dict(raw, where=where)
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -121,25 +230,71 @@ def apply_override(raw: dict, item: str) -> None:
 def pipeline_config_from_dict(raw: dict, where: str = "<config>") -> PipelineConfig:
     raw = dict(raw)
     stages = raw.pop("stages", list(STAGES))
-    unknown = sorted(set(raw) - set(STAGES))
+    unknown = sorted(str(k) for k in set(raw) - set(STAGES))
     if unknown:
         raise ValueError(f"{where}: unknown section(s) {unknown}; stages are {list(STAGES)}")
-    _check_stage_names(stages, where)
-    sections = {name: from_dict(_load(st.config), raw.get(name), f"{where}, section '{name}'")
+    if not isinstance(stages, list):
+        raise ValueError(f"{where}: stages must be a list such as [data, embed], got {describe_value(stages)}")
+    check_stage_names(stages, where)
+    sections = {name: from_dict(_load(st.config), raw.get(name), f"{where}, section '{name}'", name)
                 for name, st in STAGES.items()}
+    if getattr(sections.get("evaluate"), "checkpoint", None) == "auto":  # derived: the model trained last
+        sections["evaluate"].checkpoint = "grpo" if "grpo" in stages else "sft"
     return PipelineConfig(Path(where) if where != "<config>" else None, list(stages), sections)
 
 
-def _check_stage_names(stages, where: str) -> None:
-    bad = [s for s in stages if s not in STAGES]
+def parse_stage_list(text: str) -> list[str]:
+    """--stages "data,embed" as a list; an empty list is refused (it would otherwise mean every stage)."""
+    stages = [s.strip() for s in text.split(",")]
+    if not text.strip() or not all(stages):
+        raise ValueError(f"--stages {text!r}: name the stages to run, comma-separated, e.g. --stages data,embed")
+    check_stage_names(stages, "--stages")
+    return stages
+
+
+def check_stage_names(stages: list, where: str) -> None:
+    if not stages:
+        raise ValueError(f"{where}: no stages to run; name at least one of {list(STAGES)}")
+    bad = [s for s in stages if not isinstance(s, str) or s not in STAGES]
     if bad:
         raise ValueError(f"{where}: unknown stage(s) {bad}; available stages are {list(STAGES)}")
 
 
-def fingerprints(cfg: PipelineConfig) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _hash_cache_path(run_dir: Path) -> Path:
+    return run_dir / ".genrec" / "input_hashes.json"
+
+
+def _input_digests(cfg: PipelineConfig, run_dir: Path | None) -> dict[str, list[list[str]]]:
+    """Per stage with input files: [[path, sha256], ...]. Hashes are cached in the run directory by path, size
+    and mtime, so an unchanged input is only stat'ed; the cache is rewritten only when the run directory exists."""
+    cache_path = _hash_cache_path(run_dir) if run_dir is not None else None
+    try:
+        saved = read_json(cache_path) if cache_path is not None and cache_path.is_file() else {}
+    except ValueError:
+        saved = {}
+    saved = saved if isinstance(saved, dict) else {}  # a damaged cache only costs re-hashing
+    cache, used, out = dict(saved), {}, {}
     for name, st in STAGES.items():
-        payload = {"config": dataclasses.asdict(cfg.sections[name]), "after": [out[a] for a in st.after]}
+        if st.inputs is None:
+            continue
+        files = [str(p) for p in _load(st.inputs)(cfg.sections[name])]
+        out[name] = [[p, file_sha256(p, cache)] for p in files]
+        used.update({p: cache[p] for p in files if p in cache})
+    if cache_path is not None and run_dir.is_dir() and used != saved:
+        write_json(cache_path, used)
+    return out
+
+
+def fingerprints(cfg: PipelineConfig, run_dir: Path | None = None) -> dict[str, str]:
+    """Per stage: a hash of its config, the fingerprints of the stages it needs and, for stages that read user
+    files (data), those files' content; so an edited input re-runs its stage and everything downstream."""
+    inputs = _input_digests(cfg, run_dir)
+    out: dict[str, str] = {}
+    for name in STAGES:
+        payload = {"config": dataclasses.asdict(cfg.sections[name]),
+                   "after": [out[a] for a in dependencies(cfg, name)]}
+        if name in inputs:
+            payload["inputs"] = inputs[name]
         out[name] = hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return out
 
@@ -163,16 +318,47 @@ def is_done(run_dir: Path, stage: str, fingerprint: str) -> bool:
     return all((run_dir / out).exists() for out in stage_outputs(stage, rec.get("config", {})))
 
 
+@contextmanager
+def _run_dir_in_use(run_dir: Path):
+    """Create the run directory for a run; if this run created it and fails before writing anything but the input
+    hash cache, remove it again, so a typo in a config does not leave empty run directories behind."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} is a file; pass --run-dir a folder (or move the file away)")
+    created = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"run directory {run_dir}: cannot create it ({e.strerror or e}); pass --run-dir a "
+                         "folder you can write to") from None
+    try:
+        yield
+    except BaseException:
+        kept = [p for p in run_dir.rglob("*") if p.is_file() and p != _hash_cache_path(run_dir)]
+        if created and not kept:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def run_stage(cfg: PipelineConfig, run_dir: Path, stage: str, force: bool = False) -> bool:
     """Run one stage unless it is already done with the same config; return True when it ran."""
-    fp = fingerprints(cfg)[stage]
-    if not force and is_done(run_dir, stage, fp):
-        logger.info("stage %-9s up to date (fingerprint %s), skipped", stage, fp)
-        return False
-    for dep in STAGES[stage].after:
-        if not is_done(run_dir, dep, fingerprints(cfg)[dep]):
-            raise RuntimeError(f"stage '{stage}' needs stage '{dep}' first (its outputs in {run_dir} are missing or "
-                               f"were made with another config); run: genrec pipeline CONFIG --stages {dep},{stage}")
+    check_stage_names([stage], "stage")
+    with _run_dir_in_use(run_dir):
+        fps = fingerprints(cfg, run_dir)
+        if not force and is_done(run_dir, stage, fps[stage]):
+            logger.info("stage %-9s up to date (fingerprint %s), skipped", stage, fps[stage])
+            return False
+        for dep in dependencies(cfg, stage):
+            if not is_done(run_dir, dep, fps[dep]):
+                raise RuntimeError(f"stage '{stage}' needs stage '{dep}' first (its outputs in {run_dir} are missing "
+                                   "or were made with another config or other input files); run: genrec pipeline "
+                                   f"CONFIG --stages {dep},{stage}")
+        for path in remove_stale_temp_files(run_dir):
+            logger.info("removed %s, left behind by a killed write", path)
+        _execute(cfg, run_dir, stage, fps[stage], force)
+    return True
+
+
+def _execute(cfg: PipelineConfig, run_dir: Path, stage: str, fingerprint: str, force: bool) -> None:
     logger.info("stage %-9s running", stage)
     start = time.time()
     rec = _record_path(run_dir, stage)
@@ -184,19 +370,18 @@ def run_stage(cfg: PipelineConfig, run_dir: Path, stage: str, force: bool = Fals
     else:
         run(run_dir, cfg.sections[stage])
     seconds = time.time() - start
-    write_json(rec, {"fingerprint": fp, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                     "config": dataclasses.asdict(cfg.sections[stage])})
+    write_json(rec, {"fingerprint": fingerprint, "seconds": round(seconds, 2), "finished": time.strftime(
+        "%Y-%m-%dT%H:%M:%S"), "config": dataclasses.asdict(cfg.sections[stage])})
     logger.info("stage %-9s done in %.1fs", stage, seconds)
-    return True
 
 
 def run_pipeline(cfg: PipelineConfig, run_dir: Path, stages: list[str] | None = None, force: bool = False) -> None:
-    stages = stages or cfg.stages
-    _check_stage_names(stages, "--stages")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    order = [s for s in STAGES if s in stages]
-    for stage in order:
-        run_stage(cfg, run_dir, stage, force=force)
+    """Run `stages` (default: the config's) in pipeline order, skipping those already done."""
+    stages = cfg.stages if stages is None else stages
+    check_stage_names(stages, "--stages")
+    with _run_dir_in_use(run_dir):
+        for stage in [s for s in STAGES if s in stages]:
+            run_stage(cfg, run_dir, stage, force=force)
 
 
 def run_data(run_dir: Path, cfg) -> None:

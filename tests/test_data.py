@@ -100,7 +100,8 @@ def test_minionerec_layout_and_description_cleanup(tmp_path):
         # missing column
         (CATALOG, "user_id,item_id\nA1,1\n", r"missing column\(s\) \['history_item_id'\]"),
         # duplicate keys in the catalog JSON (json.loads would silently keep the last one)
-        ('{"0": {"title": "A"}, "0": {"title": "B"}}', "user_id,history_item_id,item_id\n", r"duplicate item id '0'"),
+        ('{"0": {"title": "A"}, "0": {"title": "B"}}', "user_id,history_item_id,item_id\n",
+         r"duplicate item id or field '0'"),
         # empty title
         ('{"0": {"title": ""}}', "user_id,history_item_id,item_id\n", r"item '0' has an empty title"),
         # history that is not a list
