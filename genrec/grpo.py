@@ -38,7 +38,7 @@ from trl import GRPOConfig, GRPOTrainer
 from genrec.artifacts import INTERESTS, SIDS, SPLIT, Run
 from genrec.decoding.beam import DecodeConfig, trie_sample
 from genrec.head import add_sid_head
-from genrec.modeling import write_checkpoint_extras
+from genrec.modeling import CHECKPOINT_META, write_checkpoint_extras
 from genrec.precision import BF16_HELP, resolve_trainer_bf16
 from genrec.recommender import Recommender, load_recommender, selection_metrics
 from genrec.sid import sid_vocab
@@ -323,7 +323,7 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
         raise FileNotFoundError(f"{args.start_dir} holds no model: run the sft stage first or set sft_checkpoint")
     training_args = resolve_grpo_args(args, training_args)
     # resumable only with the same SFT model (its genrec.json records the step it was selected at) and inputs
-    inputs = [SIDS, SPLIT.format(split="train"), str(args.start_dir.resolve() / "genrec.json"),
+    inputs = [SIDS, SPLIT.format(split="train"), str(args.start_dir.resolve() / CHECKPOINT_META),
               *(f for f in (INTERESTS,) if "interest" in args.rewards)]
     prepare_resume(run_signature([args, training_args], run.root, inputs), training_args, fresh)
     start = load_recommender(args.start_dir, device="cpu")
