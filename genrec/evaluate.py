@@ -53,7 +53,8 @@ class EvaluateArgs:
 
 def evaluate_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = None, *, split: str = "test",
                         decode: DecodeConfig | None = None, max_rows: int | None = None,
-                        out_dir: str | Path | None = None, device: str | None = None, progress: bool = True) -> dict:
+                        out_dir: str | Path | None = None, device: str | None = None, progress: bool = True,
+                        method: str = "genrec") -> dict:
     """Load a checkpoint, evaluate it on a split of the run, write metrics.json + predictions.jsonl; return the
     metrics. A checkpoint without its own sids.json (a plain save_pretrained model) uses the run's."""
     run = Run(run_dir)
@@ -68,12 +69,13 @@ def evaluate_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = Non
     if run.exists(SPLIT, split="train") and run.exists(ITEMS):
         counts = train_item_counts(run.split("train"), [it["item_id"] for it in run.items()])
     return evaluate_model(recommender, rows, Path(out_dir) if out_dir else run.eval_dir(split), split=split,
-                          decode=decode, progress=progress, extra={"checkpoint": str(checkpoint)}, item_counts=counts)
+                          decode=decode, progress=progress, extra={"checkpoint": str(checkpoint)}, item_counts=counts,
+                          method=method)
 
 
 def evaluate_model(recommender: Recommender, rows: Sequence[dict], out_dir: str | Path, *, split: str,
                    decode: DecodeConfig | None = None, progress: bool = True, extra: dict | None = None,
-                   item_counts: dict[str, int] | None = None) -> dict:
+                   item_counts: dict[str, int] | None = None, method: str = "genrec") -> dict:
     """Rank `rows` with an in-memory `Recommender` and write the shared output files; returns the metrics.
     `item_counts` (train interactions per item) adds the head / tail / cold breakdown."""
     if not rows:
@@ -89,7 +91,7 @@ def evaluate_model(recommender: Recommender, rows: Sequence[dict], out_dir: str 
     invalid = sum(r.invalid for r in recs)
     short = sum(len(r.items) < min(max(KS), decode.beam, recommender.trie.num_items) for r in recs)
     metrics = write_results(
-        Path(out_dir), rows, [r.items for r in recs], scores=[r.scores for r in recs], method="genrec",
+        Path(out_dir), rows, [r.items for r in recs], scores=[r.scores for r in recs], method=method,
         split=split, seconds=seconds, beam=decode.beam, invalid=invalid,
         extra={"softmax": decode.softmax, "bf16": recommender.use_bf16(decode.bf16), "short_rows": short,
                "catalog_items": recommender.trie.num_items, **(extra or {})}, item_counts=item_counts,
@@ -122,6 +124,11 @@ class EvaluateStageConfig(DecodeConfig):
         metadata={"help": "Model to score: 'sft', 'grpo', or 'auto' (the last training stage the pipeline runs; "
                   "the pipeline resolves it when it reads the config)."},
     )
+    compare_sft: bool = field(
+        default=True,
+        metadata={"help": "When the scored model is GRPO's, also score the SFT model it started from on the same "
+                  "rows (eval/<split>-sft, method genrec-sft), so the report shows what GRPO added."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -130,12 +137,21 @@ class EvaluateStageConfig(DecodeConfig):
             raise ValueError(f"evaluate.checkpoint={self.checkpoint!r}: use auto, sft or grpo")
 
 
+def evaluate_needs(cfg: EvaluateStageConfig) -> tuple[str, ...]:
+    """The evaluate stage reads the GRPO model only when it scores it."""
+    return ("grpo",) if cfg.checkpoint == "grpo" else ()
+
+
 def run_evaluate_stage(run_dir: Path, cfg: EvaluateStageConfig) -> None:
-    """The pipeline's `evaluate` stage: score the run's sft or grpo model on a split -> eval/<split>/metrics.json."""
+    """The pipeline's `evaluate` stage: score the run's final model (sft or grpo) on a split ->
+    eval/<split>/metrics.json, and with grpo and `compare_sft` the SFT model too -> eval/<split>-sft/."""
     decode = DecodeConfig(**{f: v for f, v in asdict(cfg).items() if f in DecodeConfig.__dataclass_fields__})
+    run = Run(run_dir)
     stage = "sft" if cfg.checkpoint == "auto" else cfg.checkpoint
-    evaluate_checkpoint(run_dir, Run(run_dir).checkpoint(stage), split=cfg.split, decode=decode,
-                        max_rows=cfg.max_rows)
+    evaluate_checkpoint(run_dir, run.checkpoint(stage), split=cfg.split, decode=decode, max_rows=cfg.max_rows)
+    if stage == "grpo" and cfg.compare_sft:
+        evaluate_checkpoint(run_dir, run.checkpoint("sft"), split=cfg.split, decode=decode, max_rows=cfg.max_rows,
+                            out_dir=run.eval_dir(f"{cfg.split}-sft"), method="genrec-sft")
 
 
 if __name__ == "__main__":

@@ -51,8 +51,7 @@ class Stage:
     config: Any  # "module:Class" of the stage's config dataclass (or the class itself)
     run: Any  # "module:function" called as run(run_dir, cfg) (or the function itself)
     outputs: tuple[str, ...]
-    # stages this one reads from; "name?" only when the pipeline's stage list has that stage (optional stages)
-    after: tuple[str, ...] = ()
+    after: tuple[str, ...] = ()  # stages this one always reads from
     inputs: Any = None  # "module:function" listing the user files the stage reads for a config (fingerprinted)
     needs: Any = None  # "module:function": extra stages this one reads for a given config (e.g. embed -> label)
 
@@ -81,17 +80,16 @@ STAGES: dict[str, Stage] = {
         Stage("grpo", "genrec.grpo:GRPOStageConfig", "genrec.grpo:run_grpo_stage",
               (_checkpoint("grpo", "config.json"), _checkpoint("grpo", A.SIDS)), ("sft",)),
         Stage("evaluate", "genrec.evaluate:EvaluateStageConfig", "genrec.evaluate:run_evaluate_stage",
-              (f"{A.EVAL}/{A.METRICS}",), ("sft", "grpo?")),
+              (f"{A.EVAL}/{A.METRICS}",), ("sft",), needs="genrec.evaluate:evaluate_needs"),
     ]
 }
 
 
 def dependencies(cfg: PipelineConfig, stage: str) -> list[str]:
-    """The stages `stage` reads from in this pipeline: its fixed ones, its optional ones the config runs, and what
-    its config needs (e.g. an embed recipe with interests needs the label stage)."""
+    """The stages `stage` reads from in this pipeline: its fixed ones, and those its config needs when the pipeline
+    runs them (an embed recipe with {interests} needs label; evaluating the GRPO model needs grpo)."""
     st = STAGES[stage]
-    deps = [a for a in st.after if not a.endswith("?")]
-    deps += [a[:-1] for a in st.after if a.endswith("?") and a[:-1] in cfg.stages]
+    deps = list(st.after)
     if st.needs is not None:
         deps += [d for d in _load(st.needs)(cfg.sections[stage]) if d in cfg.stages]
     return list(dict.fromkeys(deps))
