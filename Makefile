@@ -18,7 +18,10 @@ setup: $(STAMP)
 demo: setup
 	HF_HUB_OFFLINE=1 $(BIN)/genrec pipeline configs/pipeline/demo.yaml --run-dir runs/demo
 	for b in popularity cooc knn; do HF_HUB_OFFLINE=1 $(BIN)/genrec baseline $$b --run-dir runs/demo || exit 1; done
-	$(BIN)/genrec report --run-dir runs/demo
+	$(BIN)/genrec report --run-dir runs/demo --split test --write
+	@echo
+	@echo "Serve the model it trained:  $(BIN)/genrec serve runs/demo/checkpoints/grpo"
+	@echo "then ask it:                 $(BIN)/genrec recommend --server http://127.0.0.1:8000 --history 0 1 2"
 
 industrial: setup
 	HF_HUB_OFFLINE=1 $(BIN)/genrec pipeline configs/pipeline/industrial-cpu.yaml --run-dir runs/industrial-cpu

@@ -47,6 +47,8 @@ CHECKPOINT = "checkpoints/{stage}"
 EVAL = "eval/{split}"
 BASELINE = "baselines/{name}/{split}"
 METRICS = "metrics.json"  # inside an EVAL or BASELINE folder, with PREDICTIONS
+REPORT = "report.md"
+PLOT = "plots/{name}.png"
 PREDICTIONS = "predictions.jsonl"
 TOKEN_ENTRY_KEYS = ("level", "code", "items", "keywords", "description")
 
@@ -222,6 +224,13 @@ class Run:
         "method" (the baseline's folder name when it names none)."""
         paths = sorted(self.root.glob(f"eval/*/{METRICS}")) + sorted(self.root.glob(f"baselines/*/*/{METRICS}"))
         return [{"method": path.parent.parent.name, **read_json(path)} for path in paths]
+
+    def training_log(self, stage: str) -> list[dict] | None:
+        """The trainer's log history of a training stage (losses, rewards, selection metrics), or None."""
+        from genrec.modeling import CHECKPOINT_LOG
+
+        path = self.checkpoint(stage) / CHECKPOINT_LOG
+        return read_json(path) if path.is_file() else None
 
     def predictions(self, split: str) -> list[dict]:
         """The model evaluation's per-row predictions on a split (user_id, target, topk, scores)."""

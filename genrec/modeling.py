@@ -42,6 +42,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 CHECKPOINT_SIDS = "sids.json"
 CHECKPOINT_META = "genrec.json"
 CHECKPOINT_CATALOG = "catalog.jsonl"
+CHECKPOINT_LOG = "trainer_log.json"  # the trainer's log history (losses, rewards, selection metrics) by step
 # WordPiece decoding puts a space before every token that lacks the "##" prefix; marking SID tokens of level b+
 # as continuations glues a SID together (<a_12><b_7>) while separate SIDs and text stay space-separated.
 _GLUE_SID = r"^<(?=[b-z]_\d+>$)"

@@ -22,14 +22,18 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import bootstrap
 
-from genrec.artifacts import PREDICTIONS, Run
+from genrec import artifacts as A
+from genrec.artifacts import METRICS, PLOT, PREDICTIONS, REPORT, Run, read_rows
 from genrec.evaluation import BUCKET_METRICS, BUCKETS, row_metrics
+from genrec.io import read_json, write_text
 
 COLUMNS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20")
 
 
 def collect(run_dir: Path) -> list[dict]:
-    """metrics.json of eval/<split>/ and baselines/<name>/<split>/, model first."""
+    """metrics.json of eval/<split>/ and baselines/<name>/<split>/, model first (or of one evaluation folder)."""
+    if (run_dir / METRICS).exists():
+        return [read_json(run_dir / METRICS)]
     return Run(run_dir).metrics()
 
 
@@ -62,12 +66,13 @@ def bucket_table(metrics: list[dict], runs: bool = False) -> str | None:
 
 
 def row_scores(run_dir: Path, split: str) -> tuple[list, dict[str, np.ndarray]]:
-    """The model evaluation's per-row HR@K / NDCG@K on a split, with the (user_id, target) key of each row."""
-    run = Run(run_dir)
-    if not (run.eval_dir(split) / PREDICTIONS).exists():
-        raise FileNotFoundError(f"{run.eval_dir(split) / PREDICTIONS} is missing; --paired compares model "
-                                f"evaluations: run `genrec evaluate --run-dir {run_dir} --split {split}` first")
-    rows = run.predictions(split)
+    """The model evaluation's per-row HR@K / NDCG@K on a split, with the (user_id, target) key of each row.
+    `run_dir` may also be an evaluation folder itself (e.g. runs/x/eval/test-sft: the SFT model of a GRPO run)."""
+    folder = run_dir if (run_dir / PREDICTIONS).exists() else Run(run_dir).eval_dir(split)
+    if not (folder / PREDICTIONS).exists():
+        raise FileNotFoundError(f"{folder / PREDICTIONS} is missing; --paired compares model evaluations: run "
+                                f"`genrec evaluate --run-dir {run_dir} --split {split}` first")
+    rows = read_rows(folder / PREDICTIONS)
     keys = [(r.get("user_id"), r["target"]) for r in rows]
     per_row = row_metrics([r["topk"] for r in rows], [r["target"] for r in rows])
     return keys, {name: np.asarray(per_row[name]) for name in COLUMNS}
@@ -83,7 +88,7 @@ def paired_differences(runs: list[Path], split: str, resamples: int = 2000, seed
         if keys != ref_keys:
             raise ValueError(f"{run} and {runs[0]} were evaluated on different {split} rows; re-run "
                              "`genrec evaluate` on both with the same split and row limit")
-        diff = {"run": run.name, "vs": runs[0].name, "split": split, "rows": len(keys)}
+        diff = {"run": _run_label(run), "vs": _run_label(runs[0]), "split": split, "rows": len(keys)}
         for name in COLUMNS:
             d = scores[name] - ref[name]
             ci = bootstrap((d,), np.mean, n_resamples=resamples, confidence_level=0.95, method="percentile",
@@ -103,10 +108,50 @@ def paired_table(diffs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _run_label(path: Path) -> str:
+    """A run's name in tables; an evaluation folder (runs/x/eval/test-sft) is named x/test-sft."""
+    return f"{path.parent.parent.name}/{path.name}" if (path / METRICS).exists() else path.name
+
+
+def write_report(run_dir: Path, split: str = "test") -> Path:
+    """<run_dir>/report.md with the metrics tables of `split`, the paired difference GRPO made (when the run has
+    both models), and plots: HR@K / NDCG@K against the baselines, training curves, SID code usage per level."""
+    from genrec import plots
+
+    run = Run(run_dir)
+    metrics = [m for m in run.metrics() if m.get("split") == split]
+    lines = [f"# genrec run report: {run.root}", ""]
+    if metrics:
+        lines += [f"## {split} split", "", markdown_table(metrics), ""]
+        buckets = bucket_table(metrics)
+        if buckets:
+            lines += ["Targets by popularity in train (head: top 20% of items; cold: never seen):", "", buckets, ""]
+        sft = run.eval_dir(f"{split}-sft")
+        if (sft / PREDICTIONS).exists() and (run.eval_dir(split) / PREDICTIONS).exists():
+            lines += ["GRPO against the SFT model it started from (same rows, 95% paired bootstrap):", "",
+                      paired_table(paired_differences([sft, run.root], split)), ""]
+        plot = plots.metrics_plot(metrics, run.path(PLOT, name=f"metrics_{split}"))
+        lines += [f"![HR@K and NDCG@K]({plot.relative_to(run.root)})", ""]
+    histories = {stage: log for stage in ("sft", "grpo") if (log := run.training_log(stage))}
+    if histories:
+        plot = plots.training_curves(histories, run.path(PLOT, name="training"))
+        lines += ["## Training", "", f"![training curves]({plot.relative_to(run.root)})", ""]
+    if run.exists(A.SIDS) and run.exists(A.SID_REPORT):
+        report = read_json(run.path(A.SID_REPORT))
+        plot = plots.code_usage(run.sids(), report, run.path(PLOT, name="sid_codes"))
+        lines += ["## Semantic IDs", "", f"{report['items']} items, {report['unique_sids']} unique SIDs, "
+                  f"{report['collisions_before_resolution']} collisions resolved.", "",
+                  f"![SID code usage]({plot.relative_to(run.root)})", ""]
+    write_text(run.path(REPORT), "\n".join(lines))
+    return run.path(REPORT)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="genrec report", description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, nargs="+", help="run directory (or several), e.g. runs/demo")
     parser.add_argument("--split", help="only rows of this split (train, valid or test)")
+    parser.add_argument("--write", action="store_true",
+                        help="also write <run-dir>/report.md with plots (plots/*.png) for each run directory")
     parser.add_argument("--paired", action="store_true",
                         help="also print each run's model metrics minus the first run's, with 95%% paired "
                              "bootstrap intervals (needs --split and two or more runs)")
@@ -119,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         if not found:
             raise FileNotFoundError(f"no {args.split or ''} metrics.json under {run_dir}/eval or {run_dir}/baselines; "
                                     "run `genrec pipeline` (evaluate stage) or `genrec baseline NAME` first")
-        metrics += [{**m, "run": run_dir.name} for m in found]
+        metrics += [{**m, "run": _run_label(run_dir)} for m in found]
     print(markdown_table(metrics, runs=len(args.run_dir) > 1))
     buckets = bucket_table(metrics, runs=len(args.run_dir) > 1)
     if buckets:
@@ -128,3 +173,5 @@ def main(argv: list[str] | None = None) -> None:
     if args.paired:
         print()
         print(paired_table(paired_differences(list(map(Path, args.run_dir)), args.split)))
+    for run_dir in map(Path, args.run_dir) if args.write else ():
+        print(f"\nwrote {write_report(run_dir, args.split or 'test')}")

@@ -29,7 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from genrec.decoding.beam import DecodeConfig
 from genrec.io import write_json
-from genrec.modeling import save_checkpoint, write_checkpoint_extras
+from genrec.modeling import CHECKPOINT_LOG, save_checkpoint, write_checkpoint_extras
 from genrec.precision import describe_device
 from genrec.recommender import checkpoint_metadata
 
@@ -183,13 +183,15 @@ def save_final(trainer, out_dir: Path, *, sids: dict, titles: dict[str, str], ma
         trainer.save_model(str(out_dir))
         if trainer.is_world_process_zero():
             write_checkpoint_extras(out_dir, sids, meta, titles)
-        return
-    trainer.accelerator.wait_for_everyone()
+    else:
+        trainer.accelerator.wait_for_everyone()
+        if trainer.is_world_process_zero():
+            model = trainer.accelerator.unwrap_model(trainer.model)
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()
+            save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles)
     if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles)
+        write_json(Path(out_dir) / CHECKPOINT_LOG, state.log_history)
 
 
 # ----------------------------------------------------------------------------- config files and pipeline stages
