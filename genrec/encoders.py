@@ -189,14 +189,11 @@ def embed_needs(cfg: EmbedConfig) -> tuple[str, ...]:
 def with_interests(items: list[dict], interests: dict[str, dict], max_interests: int) -> list[dict]:
     """Items with two more text fields for the template: ``interests`` (the item's positive interests, most
     confident first, at most `max_interests`, "; "-joined) and ``archetype`` (empty when none)."""
-    out = []
-    for item in items:
-        rec = interests.get(item["item_id"], {})
-        kept = [i for i in rec.get("interests", []) if i.get("positive", True)]
-        kept.sort(key=lambda i: -float(i.get("confidence") or 0.0))
-        out.append({**item, "interests": "; ".join(i["text"] for i in kept[:max_interests]),
-                    "archetype": rec.get("archetype") or ""})
-    return out
+    from genrec.interests.schema import positive_interests
+
+    texts = positive_interests(interests)
+    return [{**item, "interests": "; ".join(texts.get(item["item_id"], [])[:max_interests]),
+             "archetype": (interests.get(item["item_id"]) or {}).get("archetype") or ""} for item in items]
 
 
 def run_embed(run_dir: Path, cfg: EmbedConfig) -> None:

@@ -131,6 +131,8 @@ def write_results(
         "beam": beam,
         **ranking_metrics(ranked, targets),
         "invalid": int(invalid),
+        # how many different items the method puts first over all rows: a collapsed model repeats a few
+        "distinct_top1": len({p[0] for p in ranked if len(p)}),
         "seconds": round(float(seconds), 3),
         **({"buckets": bucket_metrics(ranked, targets, item_counts)} if item_counts is not None else {}),
         **(extra or {}),

@@ -32,11 +32,13 @@ from trl import SFTConfig, SFTTrainer
 from genrec.artifacts import SIDS, SPLIT, TOKEN_SEMANTICS, Run
 from genrec.decoding.beam import DecodeConfig
 from genrec.head import add_sid_head
+from genrec.interests.schema import positive_interests
 from genrec.modeling import ModelConfig, prepare_model, write_checkpoint_extras
 from genrec.precision import BF16_HELP, resolve_trainer_bf16
 from genrec.recommender import Recommender, selection_metrics
 from genrec.sid import sid_string, sid_vocab
 from genrec.tasks import (
+    OFF_BY_DEFAULT,
     TASKS,
     Catalog,
     TaskOptions,
@@ -59,7 +61,7 @@ from genrec.training import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TASK_MIX = {task: 0.0 if task == "seq_knn" else 1.0 for task in TASKS}  # TS-Rec's six tasks
+DEFAULT_TASK_MIX = {task: 0.0 if task in OFF_BY_DEFAULT else 1.0 for task in TASKS}  # TS-Rec's six tasks
 
 
 @dataclass
@@ -91,6 +93,9 @@ class GenRecSFTArguments(TrainingOptions):
     knn_neighbours: int = field(
         default=5, metadata={"help": "seq_knn: nearest items (by item_emb.npy) per item that serve as next items."}
     )
+    max_interests: int = field(
+        default=5, metadata={"help": "sid2interest / interest2sid: an item's positive interests in its example."}
+    )
     sid_softmax: bool = field(
         default=True,
         metadata={"help": "At positions whose label is a SID token, normalise over SID tokens only (constrained "
@@ -116,7 +121,8 @@ class GenRecSFTArguments(TrainingOptions):
         return Run(self.run_dir).checkpoint("sft")
 
     def task_options(self) -> TaskOptions:
-        return TaskOptions(self.max_history, self.max_title_words, self.max_description_words, self.knn_neighbours)
+        return TaskOptions(self.max_history, self.max_title_words, self.max_description_words, self.knn_neighbours,
+                           self.max_interests)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -210,8 +216,9 @@ def resolve_training_args(args: GenRecSFTArguments, training_args: SFTConfig) ->
 SIGNATURE_INPUTS = (SIDS, TOKEN_SEMANTICS, SPLIT.format(split="train"))
 
 
-def sft_catalog(run: Run, knn_neighbours: int = 0) -> Catalog:
-    """The run's items as the SFT tasks read them; `knn_neighbours` > 0 adds content neighbours (seq_knn)."""
+def sft_catalog(run: Run, knn_neighbours: int = 0, interests: bool = False) -> Catalog:
+    """The run's items as the SFT tasks read them; `knn_neighbours` > 0 adds content neighbours (seq_knn),
+    `interests` the items' positive interests (sid2interest, interest2sid)."""
     sids = run.sids()
     semantics = run.token_semantics() if run.exists(TOKEN_SEMANTICS) else {}
     neighbours = {}
@@ -220,7 +227,8 @@ def sft_catalog(run: Run, knn_neighbours: int = 0) -> Catalog:
 
         ids = list(sids)
         neighbours = nearest_items(ids, run.item_embeddings().aligned(ids), knn_neighbours)
-    return Catalog(run.titles(), {iid: sid_string(c) for iid, c in sids.items()}, semantics, neighbours)
+    return Catalog(run.titles(), {iid: sid_string(c) for iid, c in sids.items()}, semantics, neighbours,
+                   positive_interests(run.interests()) if interests else {})
 
 
 def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: SFTConfig, *, fresh: bool = False
@@ -236,7 +244,8 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
     training_args = resolve_training_args(args, training_args)
     signature = run_signature([args, model_args, training_args], run.root, list(SIGNATURE_INPUTS))
     prepare_resume(signature, training_args, fresh)
-    catalog = sft_catalog(run, args.knn_neighbours if args.task_mix.get("seq_knn", 0) > 0 else 0)
+    catalog = sft_catalog(run, args.knn_neighbours if args.task_mix.get("seq_knn", 0) > 0 else 0,
+                          interests=any(args.task_mix.get(t, 0) > 0 for t in ("sid2interest", "interest2sid")))
     sids = run.sids()
     model, tokenizer = prepare_model(model_args, sids, codebook_sizes=run.codebook_sizes(),
                                      semantics=catalog.semantics if model_args.sid_init == "sa" else None)

@@ -41,9 +41,12 @@ from importlib import resources
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("seq_sid", "seq_title", "title2sid", "sid2title", "token2desc", "desc2token", "seq_knn")
+TASKS = ("seq_sid", "seq_title", "title2sid", "sid2title", "token2desc", "desc2token", "sid2interest",
+         "interest2sid", "seq_knn")
 # Tasks that teach what SIDs mean rather than what comes next; a curriculum can run them first.
-ALIGN_TASKS = ("title2sid", "sid2title", "token2desc", "desc2token")
+ALIGN_TASKS = ("title2sid", "sid2title", "token2desc", "desc2token", "sid2interest", "interest2sid")
+# tasks a task mix leaves out unless it names them: content neighbours, and the interest tasks until they are measured
+OFF_BY_DEFAULT = ("seq_knn", "sid2interest", "interest2sid")
 HISTORY_SEPARATOR = ", "
 
 
@@ -92,6 +95,7 @@ class Catalog:
     sids: dict[str, str]  # item_id -> SID string
     semantics: dict[str, dict] = field(default_factory=dict)  # SID token -> {"description": ...}; may be empty
     neighbours: dict[str, list[str]] = field(default_factory=dict)  # item_id -> nearest items, closest first
+    interests: dict[str, list[str]] = field(default_factory=dict)  # item_id -> positive interests, best first
 
     def __post_init__(self):
         missing = sorted(set(self.sids) - set(self.titles))
@@ -108,6 +112,7 @@ class TaskOptions:
     max_title_words: int
     max_description_words: int
     knn_neighbours: int
+    max_interests: int
 
 
 def _history_examples(task: str, rows: list[dict], catalog: Catalog, opts: TaskOptions) -> list[dict]:
@@ -141,6 +146,15 @@ def build_task_examples(task: str, catalog: Catalog, rows: list[dict], opts: Tas
         if task == "token2desc":
             return [{"prompt": template(task).format(token=tok), "completion": d} for tok, d in pairs]
         return [{"prompt": template(task).format(description=d), "completion": tok} for tok, d in pairs]
+    if task in ("sid2interest", "interest2sid"):
+        if not catalog.interests:
+            raise ValueError(f"task {task} needs the items' interests (interests.jsonl of the mine and label "
+                             "stages); run them first or set its ratio to 0 in task_mix")
+        pairs = [(sid, _words("; ".join(catalog.interests[i][: opts.max_interests]), opts.max_description_words))
+                 for i, sid in catalog.sids.items() if catalog.interests.get(i)]
+        if task == "sid2interest":
+            return [{"prompt": template(task).format(sid=sid), "completion": text} for sid, text in pairs]
+        return [{"prompt": template(task).format(interests=text), "completion": sid} for sid, text in pairs]
     if task == "seq_knn":
         if not catalog.neighbours:
             raise ValueError("task seq_knn needs item neighbours (Catalog.neighbours, from the embed stage's item "

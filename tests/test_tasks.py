@@ -119,12 +119,27 @@ def test_task_content(run_dir, task, prompt_has, completion):
     assert all(set(ex) == {"prompt", "completion"} for ex in examples)
 
 
+def test_interest_tasks_pair_sids_with_positive_interests(run_dir):
+    catalog = load_catalog(run_dir)
+    catalog.interests = {"0": ["protect hands", "lab safety"], "5": ["3d printing"]}
+    opts = options(max_interests=1)
+    ask = build_task_examples("sid2interest", catalog, [], opts)
+    answer = build_task_examples("interest2sid", catalog, [], opts)
+    # only items with interests, cut to max_interests, most confident first as given
+    assert ask == [{"prompt": f"What needs does item {catalog.sids['0']} serve?", "completion": "protect hands"},
+                   {"prompt": f"What needs does item {catalog.sids['5']} serve?", "completion": "3d printing"}]
+    assert answer[0] == {"prompt": "Which item serves these needs: protect hands?", "completion": catalog.sids["0"]}
+    with pytest.raises(ValueError, match="mine and label"):
+        build_task_examples("sid2interest", load_catalog(run_dir), [], opts)
+
+
 def test_task_pool_sizes(run_dir):
     catalog = load_catalog(run_dir, knn_neighbours=4)
     rows = [{"user_id": "u", "history": ["0", "1"], "target": "2"}] * 3
+    catalog.interests = {str(i): ["need"] for i in range(7)}
     sizes = {t: len(build_task_examples(t, catalog, rows, options(knn_neighbours=2))) for t in TASKS}
     assert sizes == {"seq_sid": 3, "seq_title": 3, "title2sid": 30, "sid2title": 30, "token2desc": 10,
-                     "desc2token": 10, "seq_knn": 60}
+                     "desc2token": 10, "sid2interest": 7, "interest2sid": 7, "seq_knn": 60}
 
 
 def test_content_neighbours_closest_first(run_dir):
@@ -189,14 +204,14 @@ def test_group_by_length_keeps_examples():
 
 
 def test_build_sft_dataset(run_dir, tokenizer):
-    mix = {t: 1.0 for t in TASKS}
+    mix = {t: 0.0 if t in ("sid2interest", "interest2sid") else 1.0 for t in TASKS}
     catalog = load_catalog(run_dir, knn_neighbours=2)
     ds = build_sft_dataset(catalog, Run(run_dir).split("train"), tokenizer, mix, options(knn_neighbours=2),
                            epochs=1, align_epochs=1)
     n_align = 2 * len(catalog.sids) + 2 * len(catalog.semantics)
     assert len(ds) == n_align + n_align + 2 * 96 + 2 * 30  # the alignment pass, then one pass over every task
     assert set(ds.column_names) == {"input_ids", "labels", "task"}
-    assert set(ds["task"][:n_align]) == set(ALIGN_TASKS)
+    assert set(ds["task"][:n_align]) == set(ALIGN_TASKS) - {"sid2interest", "interest2sid"}
     for ex in ds.select(range(20)):
         first = next(i for i, y in enumerate(ex["labels"]) if y != -100)
         assert all(y == -100 for y in ex["labels"][:first]) and ex["labels"][-1] == tokenizer.eos_token_id

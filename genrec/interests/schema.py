@@ -117,3 +117,13 @@ def _check_label_fields(interest: dict, where: str) -> None:
 def _unit_number(value: Any) -> bool:
     return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             and 0 <= value <= 1)
+
+
+def positive_interests(records: dict[str, dict]) -> dict[str, list[str]]:
+    """item_id -> its positive interests (the label stage's decision; every interest before labelling), most
+    confident first."""
+    out = {}
+    for iid, rec in records.items():
+        kept = [i for i in rec.get("interests", []) if i.get("positive", True)]
+        out[iid] = [i["text"] for i in sorted(kept, key=lambda i: -float(i.get("confidence") or 0.0))]
+    return out
