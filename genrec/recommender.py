@@ -127,6 +127,21 @@ def has_sid_map(checkpoint: str | Path) -> bool:
     return (Path(checkpoint) / CHECKPOINT_SIDS).is_file()
 
 
+def load_catalog(checkpoint: str | Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """A checkpoint's item -> SID map and item -> title (empty without catalog.jsonl), without its weights (the
+    server validates requests with them while the model runs elsewhere)."""
+    from genrec.artifacts import read_rows, read_sids
+
+    checkpoint = Path(checkpoint)
+    if not has_sid_map(checkpoint):
+        raise FileNotFoundError(f"{checkpoint} has no {CHECKPOINT_SIDS}: it was not written by genrec's sft or "
+                                "grpo stage; pass the run's SID map (genrec evaluate --run-dir RUN does)")
+    titles = {}
+    if (checkpoint / CHECKPOINT_CATALOG).is_file():
+        titles = {str(r["item_id"]): str(r.get("title", "")) for r in read_rows(checkpoint / CHECKPOINT_CATALOG)}
+    return read_sids(checkpoint / CHECKPOINT_SIDS), titles
+
+
 def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype: str = "float32",
                      sids: dict[str, list[int]] | None = None) -> Recommender:
     """A trained checkpoint ready to recommend: model (on `device`, default cuda when available), tokenizer, trie,
@@ -137,20 +152,13 @@ def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype
     Example:
         >>> rec = load_recommender("runs/demo/checkpoints/sft", device="cpu")  # doctest: +SKIP
     """
-    from genrec.artifacts import read_rows, read_sids
     from genrec.io import read_json
 
     checkpoint = Path(checkpoint)
     model, tokenizer = load_model_and_tokenizer(checkpoint, dtype)
-    if sids is None:
-        if not has_sid_map(checkpoint):
-            raise FileNotFoundError(f"{checkpoint} has no {CHECKPOINT_SIDS}: it was not written by genrec's sft or "
-                                    "grpo stage; pass the run's SID map (genrec evaluate --run-dir RUN does)")
-        sids = read_sids(checkpoint / CHECKPOINT_SIDS)
+    own_sids, titles = load_catalog(checkpoint) if sids is None or has_sid_map(checkpoint) else ({}, {})
+    sids = sids if sids is not None else own_sids
     meta = read_json(checkpoint / CHECKPOINT_META) if (checkpoint / CHECKPOINT_META).is_file() else {}
-    titles = {}
-    if (checkpoint / CHECKPOINT_CATALOG).is_file():
-        titles = {str(r["item_id"]): str(r.get("title", "")) for r in read_rows(checkpoint / CHECKPOINT_CATALOG)}
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     prompt = meta.get("prompt") or {}

@@ -492,3 +492,28 @@ def test_vllm_backend_serves_real_items_on_gpu(tmp_path):
     body = c.post("/v1/recommend", json={"history": ["i1", "i2"], "k": 5}).json()
     assert body["returned"] == 5 and {it["item_id"] for it in body["items"]} <= set(SIDS)
     c.__exit__(None, None, None)
+
+
+def test_engine_process_answers_like_the_in_process_model(tmp_path):
+    """`genrec serve`'s default engine runs the model in a child process; its answers equal the model's own."""
+    from genrec.modeling import save_checkpoint
+    from genrec.recommender import checkpoint_metadata, load_recommender
+    from genrec.serving.engine import ProcessRecommender
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt", SIDS, checkpoint_metadata(None, False), titles=TITLES)
+    histories = [["i1", "i2"], ["i3"], ["i4", "i5", "i6"]]
+    expected = load_recommender(tmp_path / "ckpt", device="cpu").recommend(histories, DECODE, k=5)
+    engine = ProcessRecommender(tmp_path / "ckpt", device="cpu", threads=1)
+    try:
+        assert engine.titles == TITLES and set(engine.sid_strings) == set(SIDS)
+        answers = engine.recommend(histories, DECODE, k=5)
+        assert [a.items for a in answers] == [e.items for e in expected]
+        for a, e in zip(answers, expected, strict=True):
+            assert a.scores == pytest.approx(e.scores, abs=1e-5)
+        with pytest.raises(RuntimeError, match="the engine failed on a batch"):
+            engine.recommend([["i1"]], DecodeConfig(beam=1, batch_size=1), k=5)  # k above the beam: a bad batch
+        assert engine.recommend(histories[:1], DECODE, k=5)[0].items == expected[0].items  # and it goes on
+    finally:
+        engine.close()
+    assert not engine._process.is_alive()

@@ -352,6 +352,8 @@ def _lifespan(state: ServerState):
         finally:
             await starting
             await state.batcher.stop()  # drains the queue: queued requests are answered before the thread ends
+            if hasattr(state.recommender, "close"):  # an engine process
+                state.recommender.close()
 
     return lifespan
 

@@ -38,6 +38,12 @@ class ServeConfig:
         metadata={"help": "'transformers' (genrec's trie beam search, CPU or GPU) or 'vllm' (GPU only, needs the "
                   "vllm extra; genrec.serving.vllm_backend)."},
     )
+    engine: str = field(
+        default="process",
+        metadata={"help": "transformers backend: 'process' runs the model in its own process (the server's event "
+                  "loop and the Python-heavy beam search then do not share one interpreter lock), 'thread' in a "
+                  "thread of the server's process."},
+    )
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda when available."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16 or auto."})
     max_wait_ms: float = field(
@@ -84,6 +90,8 @@ class ServeConfig:
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend {self.backend!r}: use one of {', '.join(BACKENDS)}")
+        if self.engine not in ("process", "thread"):
+            raise ValueError(f"--engine {self.engine!r}: use process or thread")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port {self.port}: must be in [0, 65535]")
         if self.dtype not in ("float32", "bfloat16", "float16", "auto"):

@@ -48,6 +48,10 @@ def load_backend(checkpoint: str | Path, config: ServeConfig):
         from genrec.serving.vllm_backend import load_vllm_recommender
 
         return load_vllm_recommender(checkpoint, dtype=config.dtype)
+    if config.engine == "process":
+        from genrec.serving.engine import ProcessRecommender
+
+        return ProcessRecommender(checkpoint, device=config.device, dtype=config.dtype, threads=config.torch_threads)
     from genrec.recommender import load_recommender
 
     return load_recommender(checkpoint, device=config.device, dtype=config.dtype)
