@@ -4,16 +4,13 @@ selection, resume after a kill, and the 2-process launch."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 import yaml
-from test_sft import ROOT, VENV_BIN, _env, _flags, _free_port
+from test_sft import ROOT, VENV_BIN, _env, _flags, _free_port, kill_once_saved
 from test_tasks import make_run_dir
 
 from genrec.grpo import (
@@ -164,15 +161,7 @@ def test_killed_grpo_run_resumes_to_the_same_final_step(sft_run, tmp_path):
            "--run_dir", str(sft_run), "--output_dir", str(tmp_path / "ckpt"), "--resume_from_checkpoint", "auto",
            *_flags({**TINY_GRPO, "max_steps": 12, "save_steps": 2, "eval_strategy": "no",
                     "load_best_model_at_end": False})]
-    first = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.time() + 240
-    while not (tmp_path / "ckpt/checkpoint-2/trainer_state.json").exists() and first.poll() is None:
-        assert time.time() < deadline, "no checkpoint written"
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert not (tmp_path / "ckpt/checkpoint-12").exists(), "the run finished before it could be killed"
+    kill_once_saved(cmd, tmp_path / "ckpt/checkpoint-2", unfinished=tmp_path / "ckpt/checkpoint-12")
     second = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
     assert any("resuming from" in line for line in second.stderr.splitlines())

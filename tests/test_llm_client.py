@@ -15,20 +15,6 @@ from genrec.interests.llm import ClientConfig, Completion, Failure, LLMClient, L
 SECRET = "sk-test-secret-0123456789"
 
 
-@pytest.fixture
-def fake():
-    """Start fake servers on port 0; every one is stopped after the test (and each stops itself after 30 s)."""
-    servers = []
-
-    def start(script=None, **kw) -> FakeOpenAI:
-        servers.append(FakeOpenAI(script, max_lifetime=30, **kw).start())
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 def client_for(server: FakeOpenAI, **kw) -> LLMClient:
     options = dict(model="fake-model", base_url=server.url, api_key_env="GENREC_TEST_KEY", concurrency=4, timeout=2.0,
                    max_attempts=3, backoff_base=0.01, backoff_max=0.2)

@@ -40,20 +40,6 @@ def run_dir(tmp_path) -> Path:
     return tmp_path
 
 
-@pytest.fixture
-def fake():
-    """Fake servers on port 0, always stopped after the test (and each stops itself after 30 s)."""
-    servers = []
-
-    def start(script=None, **kw) -> FakeOpenAI:
-        servers.append(FakeOpenAI(script, max_lifetime=30, **kw).start())
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
 def openai(server: FakeOpenAI, name: str = "fake-a", **kw) -> dict:
     return {"type": "openai", "model": name, "base_url": server.url, "timeout": 2.0, "max_attempts": 2,
             "backoff_base": 0.01, "backoff_max": 0.05, "concurrency": 4, **kw}

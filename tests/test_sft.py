@@ -50,6 +50,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def kill_once_saved(cmd: list[str], checkpoint: Path, unfinished: Path) -> None:
+    """Start a training command, SIGKILL it (and its children) as soon as `checkpoint` is saved completely, and check
+    it had not reached `unfinished` yet."""
+    first = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.time() + 240
+    while not (checkpoint / "trainer_state.json").exists() and first.poll() is None:
+        assert time.time() < deadline, "no checkpoint written"
+        time.sleep(0.05)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    assert not unfinished.exists(), "the run finished before it could be killed"
+
+
 # ----------------------------------------------------------------------------- head
 
 
@@ -182,15 +196,7 @@ def test_killed_run_resumes_to_the_same_final_step(run_dir, tmp_path):
            "--run_dir", str(run_dir), "--output_dir", str(tmp_path / "ckpt"), "--max_steps", "40",
            "--save_steps", "5", "--eval_strategy", "no", "--load_best_model_at_end", "false",
            "--resume_from_checkpoint", "auto", *_flags(TINY)]
-    first = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    deadline = time.time() + 240
-    while not (tmp_path / "ckpt/checkpoint-5/trainer_state.json").exists() and first.poll() is None:
-        assert time.time() < deadline, "no checkpoint written"
-        time.sleep(0.05)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    assert not (tmp_path / "ckpt/checkpoint-40").exists(), "the run finished before it could be killed"
+    kill_once_saved(cmd, tmp_path / "ckpt/checkpoint-5", unfinished=tmp_path / "ckpt/checkpoint-40")
     (tmp_path / "ckpt/checkpoint-39").mkdir()  # as if killed while saving: no trainer_state.json yet
     second = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]

@@ -115,12 +115,7 @@ def recommend(
     if softmax == "sid" and engine != "trie":
         raise ValueError("softmax='sid' needs engine='trie'; transformers' generate normalises over the vocabulary")
     sid_ids = list(sid_vocab(tokenizer).values()) if softmax == "sid" else None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
-    device = next(model.parameters()).device
-    if trie.edge_key.device != device:
-        trie.to(device)
-    encode = encode or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
-    encoded = [encode(p) for p in prompts]
+    encoded, pad_id, device = _encode_prompts(model, tokenizer, prompts, trie, encode)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
     generate = None
     if engine == "generate":
@@ -263,6 +258,17 @@ def _collect_items(trie: SIDTrie, items: torch.Tensor, scores: torch.Tensor, k: 
     return recs
 
 
+def _encode_prompts(model, tokenizer, prompts: Sequence[str], trie: SIDTrie, encode) -> tuple[list, int, torch.device]:
+    """Prompt token ids (``encode(text)``; default: the tokenizer without special tokens, so no [CLS]/[SEP] lands
+    inside a prompt), the pad id, and the model's device, with the trie moved there."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
+    device = next(model.parameters()).device
+    if trie.edge_key.device != device:
+        trie.to(device)
+    encode = encode or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    return [encode(p) for p in prompts], pad_id, device
+
+
 def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     if not all(batch):
         raise ValueError("a prompt encodes to no tokens; every prompt needs at least one token")
@@ -299,12 +305,7 @@ def trie_sample(
     """
     if num_samples < 1 or temperature <= 0:
         raise ValueError(f"num_samples={num_samples}, temperature={temperature}: need >= 1 and > 0")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else trie.eos_token_id
-    device = next(model.parameters()).device
-    if trie.edge_key.device != device:
-        trie.to(device)
-    encode = encode or (lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
-    encoded = [encode(p) for p in prompts]
+    encoded, pad_id, device = _encode_prompts(model, tokenizer, prompts, trie, encode)
     out: list[list[str]] = []
     for start in range(0, len(encoded), batch_size):
         input_ids, attention_mask = _left_pad(encoded[start:start + batch_size], pad_id, device)
