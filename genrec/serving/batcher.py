@@ -2,8 +2,9 @@
 
 Each `MicroBatcher.submit` queues a list of queries (one request's histories) and awaits its own slice of the
 results. A worker task takes queued requests in arrival order until the batch holds `max_batch_size` queries (a
-request is never split; one larger than that runs alone), waiting at most `max_wait_ms` for more when the queue runs
-short (requests that arrive while the model runs form the next batch without any wait), and runs ``fn(queries)`` on its one thread (the model is not thread-safe; loading also runs there). The queue
+request is never split; one larger than that runs alone). When the previous batch held more than one query (clients
+are concurrent) it waits at most `max_wait_ms` for more when the queue runs short; a lone client never waits.
+It runs ``fn(queries)`` on its one thread (the model is not thread-safe; loading also runs there). The queue
 is bounded: past `max_queue` waiting queries `submit` raises `QueueFull` at once (the server answers 503 with
 Retry-After). `stop` refuses new work, drains what is queued, then ends the thread.
 
@@ -61,6 +62,7 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0
         self._closing = False
+        self._last_size = 0  # queries in the previous batch: > 1 means concurrent clients, worth a short wait
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -120,7 +122,9 @@ class MicroBatcher:
 
     async def _gather(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.max_wait_s
+        # wait only under concurrency: a lone client never pays max_wait, while 32 clients answered in one batch
+        # come back within a few ms and fill the next one instead of splitting into two alternating half-batches
+        deadline = loop.time() + (self.max_wait_s if self._last_size > 1 else 0.0)
         batch: list[_Job] = []
         size = 0
         while True:
@@ -138,6 +142,7 @@ class MicroBatcher:
         if not batch:
             return
         queries = [q for job in batch for q in job.queries]
+        self._last_size = len(queries)
         start = time.perf_counter()
         try:
             results = await self.run_in_worker(self.fn, queries)

@@ -47,10 +47,11 @@ class ServeConfig:
     device: str | None = field(default=None, metadata={"help": "torch device; default cuda when available."})
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16 or auto."})
     max_wait_ms: float = field(
-        default=0.0,
-        metadata={"help": "Longest a query waits for others to fill its micro-batch while the model is idle. 0: run "
-                  "at once whatever is queued; queries arriving during a model call still share the next one "
-                  "(continuous batching). >0 trades latency for fuller batches when arrivals are sparse."},
+        default=5.0,
+        metadata={"help": "Longest a query waits for others to fill its micro-batch, only while clients are "
+                  "concurrent (the previous batch held more than one query; a lone client never waits). Queries "
+                  "arriving during a model call share the next one anyway; the wait lets the clients just answered "
+                  "rejoin it. 0: never wait."},
     )
     max_queue: int = field(
         default=256,
