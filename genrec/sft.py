@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from genrec.artifacts import SIDS, SPLIT, TOKEN_SEMANTICS, Run
@@ -247,6 +248,7 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
     catalog = sft_catalog(run, args.knn_neighbours if args.task_mix.get("seq_knn", 0) > 0 else 0,
                           interests=any(args.task_mix.get(t, 0) > 0 for t in ("sid2interest", "interest2sid")))
     sids = run.sids()
+    set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation too
     model, tokenizer = prepare_model(model_args, sids, codebook_sizes=run.codebook_sizes(),
                                      semantics=catalog.semantics if model_args.sid_init == "sa" else None)
     train = build_sft_dataset(catalog, run.split("train"), tokenizer, args.task_mix, args.task_options(),

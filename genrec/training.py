@@ -209,7 +209,11 @@ def parse_yaml_config(path: str | Path, dataclass_types: tuple, what: str, overr
     try:
         return tuple(TrlParser(dataclass_types).parse_dict({**values, **(overrides or {})}))
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        hint = ""
+        if str(e).startswith(("False is not a valid", "True is not a valid")):
+            hint = (" (YAML reads an unquoted no/yes/off/on as a boolean: quote the value, e.g. eval_strategy: 'no', "
+                    "or --set 'sft.overrides.eval_strategy=\"no\"')")
+        raise ValueError(f"{path}: {e}{hint}") from None
 
 
 @dataclass

@@ -113,6 +113,14 @@ def test_parse_sft_config_overrides_and_errors(tmp_path):
         parse_sft_config(tmp_path / "missing.yaml")
 
 
+def test_unquoted_yaml_no_gets_a_hint_to_quote_it(tmp_path):
+    config = tmp_path / "sft.yaml"
+    config.write_text("eval_strategy: no\n")
+    with pytest.raises(ValueError, match=r"sft.yaml: False is not a valid IntervalStrategy.*quote the value"):
+        parse_sft_config(config)
+    assert parse_sft_config(config, {"eval_strategy": "no"})[2].eval_strategy == "no"
+
+
 def test_exponent_without_a_dot_is_a_float_in_configs_and_set(tmp_path):
     # PyYAML alone reads `2e-4` as a string, which only failed once the optimizer compared it.
     from genrec.pipeline import load_pipeline_config
@@ -183,6 +191,27 @@ def test_pipeline_stage_in_process_with_lora(run_dir, tmp_path):
     assert not any("lora" in name for name, _ in model.named_parameters())
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert json.loads((run_dir / "checkpoints/sft/genrec.json").read_text())["global_step"] == 2
+
+
+def test_same_seed_trains_the_same_model(run_dir, tmp_path):
+    """The seed covers the model's initialisation (the Trainer seeds only after the model exists), so a rerun with
+    the same seed reproduces the model and another seed does not."""
+    from safetensors.torch import load_file
+
+    def weights(seed: int, name: str) -> dict:
+        overrides = {**TINY, "max_steps": 2, "eval_strategy": "no", "load_best_model_at_end": False, "seed": seed,
+                     "output_dir": str(tmp_path / name)}
+        run_sft_stage(run_dir, SFTStageConfig(config=str(ROOT / "configs/sft/demo.yaml"), overrides=overrides),
+                      force=True)
+        return load_file(run_dir / "checkpoints/sft/model.safetensors")
+
+    torch.manual_seed(1)  # whatever state the process is in
+    first = weights(3, "a")
+    torch.manual_seed(2)
+    second, other = weights(3, "b"), weights(4, "c")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
 
 
 def _schedule_length(run_dir: Path) -> int:
