@@ -42,22 +42,24 @@ class LabelScores(NamedTuple):
     entropy: torch.Tensor | None
 
 
-def label_scores(hidden, weight, labels, sid_ids=None, sid_pos=None, entropy: bool = False) -> LabelScores:
-    """Scores of `labels` given `hidden` states (one row per label) and the LM head `weight`.
+def label_scores(hidden, weight, labels, sid_ids=None, sid_pos=None, entropy: bool = False,
+                 bias=None) -> LabelScores:
+    """Scores of `labels` given `hidden` states (one row per label) and the LM head `weight` (and `bias`, if any).
 
     With `sid_ids` (token ids of the SID tokens) and `sid_pos` (vocab -> index in sid_ids, or -1), rows whose label
     is a SID token are scored against the SID rows of the head only.
     """
-    groups = [(torch.ones_like(labels, dtype=torch.bool), weight, labels)]
+    groups = [(torch.ones_like(labels, dtype=torch.bool), weight, bias, labels)]
     if sid_ids is not None:
         pos = sid_pos[labels]
-        groups = [(pos >= 0, weight[sid_ids], pos), (pos < 0, weight, labels)]
+        groups = [(pos >= 0, weight[sid_ids], None if bias is None else bias[sid_ids], pos),
+                  (pos < 0, weight, bias, labels)]
     logp = hidden.new_zeros(labels.shape, dtype=torch.float32)
     correct = torch.zeros_like(labels, dtype=torch.bool)
     ent = hidden.new_zeros(labels.shape, dtype=torch.float32) if entropy else None
-    for rows, w, target in groups:
+    for rows, w, b, target in groups:
         if rows.any():
-            log_probs = torch.log_softmax(F.linear(hidden[rows], w).float(), dim=-1)
+            log_probs = torch.log_softmax(F.linear(hidden[rows], w, b).float(), dim=-1)
             logp = logp.masked_scatter(rows, log_probs.gather(1, target[rows, None]).squeeze(1))
             correct = correct.masked_scatter(rows, log_probs.argmax(-1) == target[rows])
             if entropy:
@@ -65,10 +67,19 @@ def label_scores(hidden, weight, labels, sid_ids=None, sid_pos=None, entropy: bo
     return LabelScores(logp, correct, ent)
 
 
-def label_nll(hidden, weight, labels, sid_ids=None, sid_pos=None) -> tuple[torch.Tensor, torch.Tensor]:
+def label_nll(hidden, weight, labels, sid_ids=None, sid_pos=None, bias=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed NLL and the number of top-1 hits of `labels` (see `label_scores`)."""
-    scores = label_scores(hidden, weight, labels, sid_ids, sid_pos)
+    scores = label_scores(hidden, weight, labels, sid_ids, sid_pos, bias=bias)
     return -scores.logp.sum(), scores.correct.sum()
+
+
+def head_transform(model) -> torch.nn.Module | None:
+    """What a model applies between its decoder's last hidden state and the LM head, or None (plain head).
+
+    Qwen, Llama and most causal LMs have none; BERT-style LM heads (the ``backbone: minilm`` default model) have a
+    dense + activation + LayerNorm transform, which training, GRPO and decoding must all apply alike."""
+    predictions = getattr(getattr(model, "cls", None), "predictions", None)
+    return getattr(predictions, "transform", None)
 
 
 def _sid_index(sid_token_ids: list[int] | None, vocab: int):
@@ -87,6 +98,7 @@ def add_sid_head(model, sid_token_ids: list[int] | None) -> None:
     fused head (GRPOTrainer adds it in __init__), so this one answers first."""
     original_forward = model.forward
     sid_ids, sid_pos = _sid_index(sid_token_ids, model.get_output_embeddings().weight.shape[0])
+    transform = head_transform(model)
 
     def forward(self, *args, sid_head=False, fused_lm_head=False, labels=None, num_items_in_batch=None, **kwargs):
         if not (sid_head or fused_lm_head):
@@ -96,11 +108,12 @@ def add_sid_head(model, sid_token_ids: list[int] | None) -> None:
         hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
         targets = labels[:, 1:]
         mask = targets != -100
-        head = self.get_output_embeddings().weight
-        device = head.device
-        scores = label_scores(hidden[mask].to(device), head, targets[mask].to(device),
-                              None if sid_ids is None else sid_ids.to(device),
-                              None if sid_pos is None else sid_pos.to(device), entropy=fused_lm_head)
+        head = self.get_output_embeddings()
+        device = head.weight.device
+        selected = hidden[mask].to(device)
+        scores = label_scores(selected if transform is None else transform(selected), head.weight,
+                              targets[mask].to(device), None if sid_ids is None else sid_ids.to(device),
+                              None if sid_pos is None else sid_pos.to(device), entropy=fused_lm_head, bias=head.bias)
         count = mask.sum()
         loss = -scores.logp.sum() / (num_items_in_batch if num_items_in_batch is not None else count.clamp(min=1))
         if sid_head:

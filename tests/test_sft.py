@@ -83,12 +83,23 @@ def test_label_nll_restricts_sid_positions_to_sid_tokens():
     assert torch.allclose(restricted, expected)
 
 
-def test_sid_head_matches_the_model_loss():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+def tiny_causal_lm(arch: str):
+    from transformers import BertConfig, BertLMHeadModel, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                         num_attention_heads=2, num_key_value_heads=1))
+    if arch == "bert":  # the minilm backbone's class: a head transform and a head bias between decoder and logits
+        model = BertLMHeadModel(BertConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, is_decoder=True))
+        with torch.no_grad():
+            model.get_output_embeddings().bias.normal_()
+        return model.eval()
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1))
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "bert"])
+def test_sid_head_matches_the_model_loss(arch):
+    model = tiny_causal_lm(arch)
     ids = torch.randint(0, 50, (2, 7))
     labels = ids.clone()
     labels[:, :4] = -100  # a prompt of 4 tokens

@@ -23,6 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genrec.decoding.trie import DEAD, SIDTrie
+from genrec.head import head_transform
 from genrec.sid import sid_vocab
 
 logger = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ def _stepper(model):
     from transformers import DynamicCache
 
     cache = DynamicCache()
+    transform = head_transform(model)
     head = model.get_output_embeddings()
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     plain = (isinstance(head, torch.nn.Linear) and decoder is not None
@@ -235,8 +237,9 @@ def _stepper(model):
         if src is not None:
             cache.reorder_cache(src)
         if plain:
-            return decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+            last = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                            use_cache=True).last_hidden_state[:, -1]
+            return last if transform is None else transform(last)
         return model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
                      use_cache=True, logits_to_keep=1).logits[:, -1]
 
