@@ -94,6 +94,10 @@ class GenRecSFTArguments(TrainingOptions):
     knn_neighbours: int = field(
         default=5, metadata={"help": "seq_knn: nearest items (by item_emb.npy) per item that serve as next items."}
     )
+    near_neighbours: int = field(
+        default=1, metadata={"help": "seq_near: nearest items of each train row's target that serve as its answer "
+                             "(one example each)."}
+    )
     max_interests: int = field(
         default=5, metadata={"help": "sid2interest / interest2sid: an item's positive interests in its example."}
     )
@@ -114,6 +118,10 @@ class GenRecSFTArguments(TrainingOptions):
         self.task_mix = check_task_mix(self.task_mix)
         if self.align_epochs < 0:
             raise ValueError(f"align_epochs={self.align_epochs}: must be >= 0")
+        for name in ("knn_neighbours", "near_neighbours"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1 (set the task's ratio to 0 to leave it "
+                                 "out)")
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history={self.max_history}: must be >= 1, or null for the whole history")
 
@@ -123,7 +131,7 @@ class GenRecSFTArguments(TrainingOptions):
 
     def task_options(self) -> TaskOptions:
         return TaskOptions(self.max_history, self.max_title_words, self.max_description_words, self.knn_neighbours,
-                           self.max_interests)
+                           self.max_interests, self.near_neighbours)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -245,7 +253,9 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
     training_args = resolve_training_args(args, training_args)
     signature = run_signature([args, model_args, training_args], run.root, list(SIGNATURE_INPUTS))
     prepare_resume(signature, training_args, fresh)
-    catalog = sft_catalog(run, args.knn_neighbours if args.task_mix.get("seq_knn", 0) > 0 else 0,
+    neighbours = max([args.knn_neighbours if args.task_mix.get("seq_knn", 0) > 0 else 0,
+                      args.near_neighbours if args.task_mix.get("seq_near", 0) > 0 else 0])
+    catalog = sft_catalog(run, neighbours,
                           interests=any(args.task_mix.get(t, 0) > 0 for t in ("sid2interest", "interest2sid")))
     sids = run.sids()
     set_seed(training_args.seed)  # the Trainer seeds only after the model exists: seed its initialisation too

@@ -11,12 +11,16 @@ Six tasks, each with its prompt template in ``genrec/prompts/<task>.txt``:
 | `token2desc` | one SID token (TS-Align)                | its cluster's description |
 | `desc2token` | a token's description (TS-Align)        | the SID token       |
 | `seq_knn`    | a one-item SID history                  | SID of a content neighbour |
+| `seq_near`   | the user's history as SIDs              | SID of a content neighbour of the next item |
 
 The tasks read data, not files: a `Catalog` (titles, SID strings, token semantics, content neighbours) and the
 train rows, which the SFT stage runner reads from the run directory. `seq_sid` and `seq_title` use the train rows;
 the item tasks every item with a SID; the TS-Align tasks every described SID token. `seq_knn` carries the content
 signal into the next-item format itself: for every item, its nearest items by text embedding as pseudo next items,
-with the same prompt as `seq_sid` (so it needs no template). Each example is tokenized once by `encode_example`:
+with the same prompt as `seq_sid` (so it needs no template). `seq_near` puts content neighbours where the user's
+own context is: a train row's history with one of the target's nearest items as the answer, so items that are
+rarely or never a target (the tail, new items) are learnt as plausible next items after the histories that lead to
+their look-alikes. Each example is tokenized once by `encode_example`:
 prompt tokens (the model's chat template when it has one) then response tokens and EOS, with ``labels`` = -100 on
 the prompt, so the loss covers the response only.
 
@@ -42,19 +46,22 @@ from importlib import resources
 logger = logging.getLogger(__name__)
 
 TASKS = ("seq_sid", "seq_title", "title2sid", "sid2title", "token2desc", "desc2token", "sid2interest",
-         "interest2sid", "seq_knn")
+         "interest2sid", "seq_knn", "seq_near")
 # Tasks that teach what SIDs mean rather than what comes next; a curriculum can run them first.
 ALIGN_TASKS = ("title2sid", "sid2title", "token2desc", "desc2token", "sid2interest", "interest2sid")
 # tasks a task mix leaves out unless it names them: content neighbours, and the interest tasks until they are measured
-OFF_BY_DEFAULT = ("seq_knn", "sid2interest", "interest2sid")
+OFF_BY_DEFAULT = ("seq_knn", "seq_near", "sid2interest", "interest2sid")
+# tasks that reuse seq_sid's prompt
+UNTEMPLATED = ("seq_knn", "seq_near")
 HISTORY_SEPARATOR = ", "
 
 
 @functools.cache
 def template(task: str) -> str:
     """The prompt template of a task (``genrec/prompts/<task>.txt``), a `str.format` pattern."""
-    if task not in TASKS or task == "seq_knn":
-        raise ValueError(f"no template for task {task!r}; templated tasks are {', '.join(TASKS[:-1])}")
+    if task not in TASKS or task in UNTEMPLATED:
+        templated = [t for t in TASKS if t not in UNTEMPLATED]
+        raise ValueError(f"no template for task {task!r}; templated tasks are {', '.join(templated)}")
     return resources.files("genrec").joinpath("prompts", f"{task}.txt").read_text(encoding="utf-8").strip()
 
 
@@ -113,25 +120,32 @@ class TaskOptions:
     max_description_words: int
     knn_neighbours: int
     max_interests: int
+    near_neighbours: int = 1
 
 
 def _history_examples(task: str, rows: list[dict], catalog: Catalog, opts: TaskOptions) -> list[dict]:
+    if task == "seq_near" and not catalog.neighbours:
+        raise ValueError("task seq_near needs item neighbours (Catalog.neighbours, from the embed stage's item "
+                         "embeddings), or set its ratio to 0 in task_mix")
     out = []
     for row in rows:
         history = prompt_history(row["history"], catalog.sids, opts.max_history)
         if not history or row["target"] not in catalog.sids:
             continue
-        if task == "seq_sid":
-            prompt = next_item_prompt(history, catalog.sids)
-        else:
+        if task == "seq_title":
             prompt = title_history_prompt([_words(catalog.titles[i], opts.max_title_words) for i in history])
-        out.append({"prompt": prompt, "completion": catalog.sids[row["target"]]})
+        else:
+            prompt = next_item_prompt(history, catalog.sids)
+        targets = [row["target"]]
+        if task == "seq_near":
+            targets = [i for i in catalog.neighbours.get(row["target"], []) if i in catalog.sids][:opts.near_neighbours]
+        out += [{"prompt": prompt, "completion": catalog.sids[t]} for t in targets]
     return out
 
 
 def build_task_examples(task: str, catalog: Catalog, rows: list[dict], opts: TaskOptions) -> list[dict]:
     """All {"prompt", "completion"} pairs of one task (its pool); `rows` are the train rows."""
-    if task in ("seq_sid", "seq_title"):
+    if task in ("seq_sid", "seq_title", "seq_near"):
         return _history_examples(task, rows, catalog, opts)
     if task in ("title2sid", "sid2title"):
         pairs = [(_words(catalog.titles[i], opts.max_title_words), sid) for i, sid in catalog.sids.items()]

@@ -108,6 +108,8 @@ def test_sid_history_prompt_lists_history_in_order():
     ("desc2token", "items about ", "<c_1>"),
     # content neighbours as next items: item 0 -> item 10 (the same product)
     ("seq_knn", sid_string([0, 0, 0]), sid_string([2, 2, 0])),
+    # the row's own history, answered by the target's nearest item: target 7 -> item 17 (the same product)
+    ("seq_near", sid_string([0, 0, 0]), sid_string([1, 0, 1])),
 ])
 def test_task_content(run_dir, task, prompt_has, completion):
     catalog = load_catalog(run_dir, knn_neighbours=2)
@@ -137,9 +139,20 @@ def test_task_pool_sizes(run_dir):
     catalog = load_catalog(run_dir, knn_neighbours=4)
     rows = [{"user_id": "u", "history": ["0", "1"], "target": "2"}] * 3
     catalog.interests = {str(i): ["need"] for i in range(7)}
-    sizes = {t: len(build_task_examples(t, catalog, rows, options(knn_neighbours=2))) for t in TASKS}
+    sizes = {t: len(build_task_examples(t, catalog, rows, options(knn_neighbours=2, near_neighbours=3)))
+             for t in TASKS}
     assert sizes == {"seq_sid": 3, "seq_title": 3, "title2sid": 30, "sid2title": 30, "token2desc": 10,
-                     "desc2token": 10, "sid2interest": 7, "interest2sid": 7, "seq_knn": 60}
+                     "desc2token": 10, "sid2interest": 7, "interest2sid": 7, "seq_knn": 60, "seq_near": 9}
+
+
+def test_seq_near_keeps_the_history_and_answers_with_the_targets_neighbours(run_dir):
+    catalog = load_catalog(run_dir, knn_neighbours=3)
+    rows = [{"user_id": "u", "history": ["0", "1"], "target": "7"}]
+    examples = build_task_examples("seq_near", catalog, rows, options(near_neighbours=2))
+    assert [ex["completion"] for ex in examples] == [catalog.sids["17"], catalog.sids["27"]]  # nearest first
+    assert {ex["prompt"] for ex in examples} == {next_item_prompt(["0", "1"], catalog.sids)}
+    with pytest.raises(ValueError, match="seq_near needs item neighbours"):
+        build_task_examples("seq_near", load_catalog(run_dir), rows, options())
 
 
 def test_content_neighbours_closest_first(run_dir):
@@ -209,7 +222,8 @@ def test_build_sft_dataset(run_dir, tokenizer):
     ds = build_sft_dataset(catalog, Run(run_dir).split("train"), tokenizer, mix, options(knn_neighbours=2),
                            epochs=1, align_epochs=1)
     n_align = 2 * len(catalog.sids) + 2 * len(catalog.semantics)
-    assert len(ds) == n_align + n_align + 2 * 96 + 2 * 30  # the alignment pass, then one pass over every task
+    # the alignment pass, then one pass over every task: seq_sid, seq_title, seq_near (one neighbour), seq_knn
+    assert len(ds) == n_align + n_align + 3 * 96 + 2 * 30
     assert set(ds.column_names) == {"input_ids", "labels", "task"}
     assert set(ds["task"][:n_align]) == set(ALIGN_TASKS) - {"sid2interest", "interest2sid"}
     for ex in ds.select(range(20)):
