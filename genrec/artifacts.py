@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,28 @@ def _cached(parse: Callable[[Path], Any]) -> Callable[[Path], Any]:
 def read_rows(path: Path) -> list[dict]:
     """A JSONL file of objects (items.jsonl, a split)."""
     return read_jsonl(path)
+
+
+def train_sequences(rows: Sequence[dict], index: dict[str, int]) -> list[list[int]]:
+    """Each user's train interactions in order (as column numbers of `index`): the history of the user's first row,
+    then every row's target.
+
+    Rows of one user are prefixes of each other (history = the previous items), and within a user the file order
+    is chronological (how the data stage writes a split), so this counts every train interaction once instead of
+    once per row that repeats it.
+
+    Example:
+        >>> train_sequences([{"user_id": "u", "history": ["a"], "target": "b"},
+        ...                  {"user_id": "u", "history": ["a", "b"], "target": "c"}], {"a": 0, "b": 1, "c": 2})
+        [[0, 1, 2]]
+    """
+    seqs: dict[str, list[int]] = {}
+    for r in rows:
+        user = str(r.get("user_id"))
+        if user not in seqs:
+            seqs[user] = [index[i] for i in r["history"]]
+        seqs[user].append(index[r["target"]])
+    return list(seqs.values())
 
 
 @_cached

@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrec.artifacts import ITEM_EMB, ITEM_EMB_META
+from genrec.artifacts import ITEM_EMB, ITEM_EMB_META, train_sequences
 from genrec.baselines import sasrec
-from genrec.baselines.common import BaselineArgs, RunData, item_counts, load_run, train_sequences
+from genrec.baselines.common import BaselineArgs, RunData, load_run
 from genrec.baselines.knn import aligned_embeddings
-from genrec.evaluation import popularity_buckets
+from genrec.evaluation import item_counts, popularity_buckets
 from genrec.io import write_json, write_npy
 
 logger = logging.getLogger(__name__)
