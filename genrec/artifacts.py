@@ -233,6 +233,7 @@ class Run:
     # ------------------------------------------------------------------------- training and evaluation
 
     def checkpoint(self, stage: str = "sft") -> Path:
+        """Where a training stage's model is; what the folder holds is genrec.checkpoint's (its one reader)."""
         return self.path(CHECKPOINT, stage=stage)
 
     def eval_dir(self, split: str) -> Path:
@@ -246,13 +247,6 @@ class Run:
         "method" (the baseline's folder name when it names none)."""
         paths = sorted(self.root.glob(f"eval/*/{METRICS}")) + sorted(self.root.glob(f"baselines/*/*/{METRICS}"))
         return [{"method": path.parent.parent.name, **read_json(path)} for path in paths]
-
-    def training_log(self, stage: str) -> list[dict] | None:
-        """The trainer's log history of a training stage (losses, rewards, selection metrics), or None."""
-        from genrec.modeling import CHECKPOINT_LOG
-
-        path = self.checkpoint(stage) / CHECKPOINT_LOG
-        return read_json(path) if path.is_file() else None
 
     def predictions(self, split: str) -> list[dict]:
         """The model evaluation's per-row predictions on a split (user_id, target, topk, scores)."""

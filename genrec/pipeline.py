@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from genrec import artifacts as A
+from genrec.checkpoint import CHECKPOINT_CONFIG, CHECKPOINT_SIDS
 from genrec.io import (
     describe_value,
     file_sha256,
@@ -76,9 +77,9 @@ STAGES: dict[str, Stage] = {
         Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe", (A.TOKEN_SEMANTICS,),
               ("quantize",)),
         Stage("sft", "genrec.sft:SFTStageConfig", "genrec.sft:run_sft_stage",
-              (_checkpoint("sft", "config.json"), _checkpoint("sft", A.SIDS)), ("describe",)),
+              (_checkpoint("sft", CHECKPOINT_CONFIG), _checkpoint("sft", CHECKPOINT_SIDS)), ("describe",)),
         Stage("grpo", "genrec.grpo:GRPOStageConfig", "genrec.grpo:run_grpo_stage",
-              (_checkpoint("grpo", "config.json"), _checkpoint("grpo", A.SIDS)), ("sft",)),
+              (_checkpoint("grpo", CHECKPOINT_CONFIG), _checkpoint("grpo", CHECKPOINT_SIDS)), ("sft",)),
         Stage("evaluate", "genrec.evaluate:EvaluateStageConfig", "genrec.evaluate:run_evaluate_stage",
               (f"{A.EVAL}/{A.METRICS}",), ("sft",), needs="genrec.evaluate:evaluate_needs"),
     ]
