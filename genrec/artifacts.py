@@ -37,7 +37,7 @@ RLDI_MODEL = "rldi.joblib"
 RLDI_REPORT = "rldi_report.json"
 RLDI_VECTORS = "rldi_vectors.npz"  # the label stage's cache of encoded texts
 ITEM_EMB = "item_emb.npy"
-FUSED = "fused"  # folder of the collaborative-semantic item embeddings quantize trains with input: fused
+FUSED = "fused"  # sasrec-faerec's exported ID/text item vectors (item_emb.npy + .json), quantize's input: fused
 ITEM_EMB_META = "item_emb.json"
 SIDS = "sids.json"
 SID_REPORT = "sid_report.json"
@@ -211,6 +211,17 @@ class Run:
 
     def item_embeddings(self) -> ItemEmbeddings:
         return read_item_embeddings(self.path(ITEM_EMB))
+
+    def fused_embeddings(self) -> ItemEmbeddings:
+        """The fused ID/text item vectors the sasrec-faerec baseline exported into the run (quantize.input: fused);
+        the quantize stage reads them as a file instead of training that baseline itself."""
+        path = self.path(FUSED) / ITEM_EMB
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: quantize.input=fused quantizes the sasrec-faerec "
+                                    f"baseline's fused item vectors; export them first with: genrec baseline "
+                                    f"sasrec-faerec --run-dir {self.root} --split valid --export-embeddings "
+                                    f"{self.path(FUSED)}")
+        return read_item_embeddings(path)
 
     def sids(self) -> dict[str, list[int]]:
         """item_id -> SID codes (sids.json)."""

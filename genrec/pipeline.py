@@ -51,7 +51,9 @@ class Stage:
     run: Any  # "module:function" called as run(run_dir, cfg) (or the function itself)
     outputs: tuple[str, ...]
     after: tuple[str, ...] = ()  # stages this one always reads from
-    inputs: Any = None  # "module:function" listing the user files the stage reads for a config (fingerprinted)
+    # "module:function" listing the files from outside the pipeline a stage reads for a config (fingerprinted), as
+    # function(cfg) or function(cfg, run_dir); None from it: this config reads none
+    inputs: Any = None
     needs: Any = None  # "module:function": extra stages this one reads for a given config (e.g. embed -> label)
 
 
@@ -71,7 +73,8 @@ STAGES: dict[str, Stage] = {
         Stage("embed", "genrec.encoders:EmbedConfig", "genrec.encoders:run_embed", (A.ITEM_EMB, A.ITEM_EMB_META),
               ("data",), needs="genrec.encoders:embed_needs"),
         Stage("quantize", "genrec.tokenizer:QuantizeConfig", "genrec.tokenizer:run_quantize", (A.SIDS, A.SID_REPORT),
-              ("embed",), needs="genrec.tokenizer.stage:quantize_needs"),
+              ("embed",), inputs="genrec.tokenizer.stage:quantize_inputs",
+              needs="genrec.tokenizer.stage:quantize_needs"),
         Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe", (A.TOKEN_SEMANTICS,),
               ("quantize",)),
         Stage("sft", "genrec.sft:SFTStageConfig", "genrec.sft:run_sft_stage",
@@ -193,7 +196,12 @@ def _input_digests(cfg: PipelineConfig, run_dir: Path | None) -> dict[str, list[
     for name, st in STAGES.items():
         if st.inputs is None:
             continue
-        files = [str(p) for p in _load(st.inputs)(cfg.sections[name])]
+        inputs = _load(st.inputs)
+        listed = (inputs(cfg.sections[name], run_dir) if "run_dir" in inspect.signature(inputs).parameters
+                  else inputs(cfg.sections[name]))
+        if listed is None:  # no payload entry at all, so such configs keep the fingerprints they had
+            continue
+        files = [str(p) for p in listed]
         out[name] = [[p, file_sha256(p, cache)] for p in files]
         used.update({p: cache[p] for p in files if p in cache})
     if cache_path is not None and run_dir.is_dir() and used != saved:
