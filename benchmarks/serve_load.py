@@ -47,8 +47,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-from genrec.modeling import save_checkpoint
-from genrec.recommender import checkpoint_metadata
+from genrec.checkpoint import checkpoint_metadata, save_checkpoint
 from genrec.sid import sid_tokens
 
 logger = logging.getLogger("benchmarks.serve_load")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ RLDI_MODEL = "rldi.joblib"
 RLDI_REPORT = "rldi_report.json"
 RLDI_VECTORS = "rldi_vectors.npz"  # the label stage's cache of encoded texts
 ITEM_EMB = "item_emb.npy"
-FUSED = "fused"  # folder of the collaborative-semantic item embeddings quantize trains with input: fused
+FUSED = "fused"  # sasrec-faerec's exported ID/text item vectors (item_emb.npy + .json), quantize's input: fused
 ITEM_EMB_META = "item_emb.json"
 SIDS = "sids.json"
 SID_REPORT = "sid_report.json"
@@ -95,6 +95,28 @@ def _cached(parse: Callable[[Path], Any]) -> Callable[[Path], Any]:
 def read_rows(path: Path) -> list[dict]:
     """A JSONL file of objects (items.jsonl, a split)."""
     return read_jsonl(path)
+
+
+def train_sequences(rows: Sequence[dict], index: dict[str, int]) -> list[list[int]]:
+    """Each user's train interactions in order (as column numbers of `index`): the history of the user's first row,
+    then every row's target.
+
+    Rows of one user are prefixes of each other (history = the previous items), and within a user the file order
+    is chronological (how the data stage writes a split), so this counts every train interaction once instead of
+    once per row that repeats it.
+
+    Example:
+        >>> train_sequences([{"user_id": "u", "history": ["a"], "target": "b"},
+        ...                  {"user_id": "u", "history": ["a", "b"], "target": "c"}], {"a": 0, "b": 1, "c": 2})
+        [[0, 1, 2]]
+    """
+    seqs: dict[str, list[int]] = {}
+    for r in rows:
+        user = str(r.get("user_id"))
+        if user not in seqs:
+            seqs[user] = [index[i] for i in r["history"]]
+        seqs[user].append(index[r["target"]])
+    return list(seqs.values())
 
 
 @_cached
@@ -190,6 +212,17 @@ class Run:
     def item_embeddings(self) -> ItemEmbeddings:
         return read_item_embeddings(self.path(ITEM_EMB))
 
+    def fused_embeddings(self) -> ItemEmbeddings:
+        """The fused ID/text item vectors the sasrec-faerec baseline exported into the run (quantize.input: fused);
+        the quantize stage reads them as a file instead of training that baseline itself."""
+        path = self.path(FUSED) / ITEM_EMB
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist: quantize.input=fused quantizes the sasrec-faerec "
+                                    f"baseline's fused item vectors; export them first with: genrec baseline "
+                                    f"sasrec-faerec --run-dir {self.root} --split valid --export-embeddings "
+                                    f"{self.path(FUSED)}")
+        return read_item_embeddings(path)
+
     def sids(self) -> dict[str, list[int]]:
         """item_id -> SID codes (sids.json)."""
         return read_sids(self.path(SIDS))
@@ -211,6 +244,7 @@ class Run:
     # ------------------------------------------------------------------------- training and evaluation
 
     def checkpoint(self, stage: str = "sft") -> Path:
+        """Where a training stage's model is; what the folder holds is genrec.checkpoint's (its one reader)."""
         return self.path(CHECKPOINT, stage=stage)
 
     def eval_dir(self, split: str) -> Path:
@@ -224,13 +258,6 @@ class Run:
         "method" (the baseline's folder name when it names none)."""
         paths = sorted(self.root.glob(f"eval/*/{METRICS}")) + sorted(self.root.glob(f"baselines/*/*/{METRICS}"))
         return [{"method": path.parent.parent.name, **read_json(path)} for path in paths]
-
-    def training_log(self, stage: str) -> list[dict] | None:
-        """The trainer's log history of a training stage (losses, rewards, selection metrics), or None."""
-        from genrec.modeling import CHECKPOINT_LOG
-
-        path = self.checkpoint(stage) / CHECKPOINT_LOG
-        return read_json(path) if path.is_file() else None
 
     def predictions(self, split: str) -> list[dict]:
         """The model evaluation's per-row predictions on a split (user_id, target, topk, scores)."""

@@ -40,7 +40,7 @@ from scipy import sparse
 from torch import nn
 from tqdm.auto import tqdm
 
-from genrec.baselines.common import train_sequences
+from genrec.artifacts import train_sequences
 
 if TYPE_CHECKING:
     from genrec.tokenizer.config import QuantizeConfig

@@ -6,7 +6,7 @@
 With ``--server`` the answer comes from a running server (API key, when it has one, from the environment variable
 named by ``--api-key-env``, default GENREC_API_KEY, or from ``--api-key-file``). With ``--checkpoint`` the model
 loads in-process through `genrec.recommender.load_recommender` and the answer is built by the server's own code
-(`genrec.serving.app.ItemIndex`), so both print the same table; no network needed (it does need the serve extra).
+(`genrec.serving.answers.ItemIndex`), so both print the same table; no network needed (it does need the serve extra).
 
 The client retries, with exponential backoff, only what is safe and useful to retry: 503 (queue full, model not
 ready; Retry-After is honoured) and connection errors. A 4xx is the request's fault and raises `APIError` (a
@@ -162,9 +162,9 @@ def format_answer(answer: dict) -> str:
 def recommend_in_process(recommender, history: Sequence[str], *, k: int, exclude_history: bool = False,
                          decode=None) -> dict:
     """The answer the server would give, computed with a `Recommender` in this process (same resolution, checks
-    and formatting as `genrec.serving.app`)."""
+    and formatting as `genrec.serving.answers`)."""
     from genrec.decoding.beam import DecodeConfig
-    from genrec.serving.app import ItemIndex, RecommendRequest, check_query
+    from genrec.serving.answers import ItemIndex, RecommendRequest, check_query
     from genrec.serving.config import ServeConfig
 
     decode = decode or DecodeConfig()

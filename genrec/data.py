@@ -16,6 +16,14 @@ string; description and categories a string, a list of strings or the repr of a 
 timestamps as unix seconds or ISO dates from 1970-01-01 to 2100-01-01 (MAX_TIMESTAMP); CSV rows with exactly
 the header's number of fields; and, in the data stage, train, valid and test splits that all have rows.
 
+What the stage changes it counts and says (``data_stats.json``, beside the item and row counts): exact duplicate
+interactions (same user, item and timestamp, as double logging writes them) are dropped with a warning that names
+the file, the first such line and how many (``duplicate_interactions``), since each would become a row whose target
+is its own last history item; the same item at another time stays (a re-purchase). ``users_too_short`` counts
+users with a single interaction (no row to make), ``items_without_interactions`` the catalog items that no row
+mentions (they keep their place in the catalog). The MiniOneRec layout gives rows, not interactions: its
+``duplicate_interactions`` and ``users_too_short`` are null.
+
 Example:
     >>> ds = load_dataset(DataConfig(source="synthetic", synthetic_users=50))  # doctest: +SKIP
     >>> ds.write(Path("runs/demo"))  # doctest: +SKIP
@@ -28,19 +36,20 @@ import csv
 import io
 import json
 import logging
-from collections import defaultdict
-from collections.abc import Iterator
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from genrec.io import describe_value, json_type, read_jsonl, read_jsonl_lines, read_text, write_json, write_jsonl
+from genrec.io import describe_value, json_type, read_jsonl_lines, read_text, write_json, write_jsonl
 from genrec.synthetic import make_synthetic
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
 TEXT_FIELDS = ("title", "description", "brand", "categories")
+Interaction = tuple[str, str, float]  # (user_id, item_id, unix seconds)
 
 
 @dataclass
@@ -78,10 +87,12 @@ class DataConfig:
 
 @dataclass
 class Dataset:
-    """A catalog plus train/valid/test rows, every item id a string."""
+    """A catalog plus train/valid/test rows, every item id a string; `changes` counts what the loader dropped or
+    could not use (``duplicate_interactions``, ``users_too_short``; absent where the layout has no interactions)."""
 
     items: list[dict]
     splits: dict[str, list[dict]]
+    changes: dict[str, int] = field(default_factory=dict)
 
     def write(self, run_dir: Path) -> None:
         from genrec.artifacts import DATA_STATS, ITEMS, SPLIT
@@ -92,7 +103,11 @@ class Dataset:
         write_json(run_dir / DATA_STATS, self.stats())
 
     def stats(self) -> dict:
-        return {"items": len(self.items), **{f"{s}_rows": len(self.splits[s]) for s in SPLITS}}
+        """Items, rows per split and what the stage changed (see the module docstring): data_stats.json."""
+        mentioned = {i for rows in self.splits.values() for r in rows for i in (*r["history"], r["target"])}
+        return {"items": len(self.items), **{f"{s}_rows": len(self.splits[s]) for s in SPLITS},
+                "items_without_interactions": sum(it["item_id"] not in mentioned for it in self.items),
+                **{name: self.changes.get(name) for name in ("duplicate_interactions", "users_too_short")}}
 
 
 # Latest interaction time accepted: 2100-01-01T00:00:00Z in unix seconds. Later values are nearly always
@@ -108,7 +123,8 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     """The data stage's dataset; every record is checked and every split must have rows before anything is written."""
     if cfg.source == "synthetic":
         items, interactions = make_synthetic(cfg.synthetic_items, cfg.synthetic_users, seed=cfg.seed)
-        ds = Dataset(items, build_splits(interactions, cfg.max_history))
+        records = ((f"interaction {n}", x) for n, x in enumerate(interactions, 1))
+        ds = interaction_dataset(items, records, cfg.max_history, "synthetic data")
     elif cfg.source == "minionerec":
         ds = load_minionerec(Path(cfg.path), cfg.name, cfg.train_split)
     else:
@@ -148,16 +164,6 @@ def check_splits(ds: Dataset, cfg: DataConfig) -> None:
     splits = f"{' and '.join(empty)} split{'s' if len(empty) > 1 else ''}"
     raise ValueError(f"{source}: the {splits} came out empty ({sum(counts.values())} rows in all: train "
                      f"{counts['train']}, valid {counts['valid']}, test {counts['test']}); {fix}")
-
-
-def read_items(run_dir: Path) -> list[dict]:
-    return read_jsonl(Path(run_dir) / "items.jsonl")
-
-
-def read_split(run_dir: Path, split: str) -> list[dict]:
-    if split not in SPLITS:
-        raise ValueError(f"split={split!r}: use one of {', '.join(SPLITS)}")
-    return read_jsonl(Path(run_dir) / "splits" / f"{split}.jsonl")
 
 
 # ----------------------------------------------------------------------------- records: items, CSV rows
@@ -406,28 +412,65 @@ def parse_timestamp(value: str, where: str) -> float:
     return ts
 
 
-def read_interactions(path: Path, known: set[str]) -> list[tuple[str, str, float]]:
-    out = []
+def read_interactions(path: Path, known: set[str]) -> Iterator[tuple[str, Interaction]]:
+    """("file:line", (user, item, timestamp)) for each row of interactions.csv, checked as it is read."""
+    found = False
     for where, rec in _csv_records(path, ("user_id", "item_id", "timestamp"), _GENERIC_MISSING):
         user, iid = rec["user_id"].strip(), rec["item_id"].strip()
         if not user:
             raise ValueError(f"{where}: empty user_id; every row needs user_id,item_id,timestamp")
         if iid not in known:
             raise ValueError(f"{where}: unknown item_id {iid!r} (not in items.jsonl)")
-        out.append((user, iid, parse_timestamp(rec["timestamp"], where)))
-    if not out:
+        found = True
+        yield where, (user, iid, parse_timestamp(rec["timestamp"], where))
+    if not found:
         raise ValueError(f"{path}: no interactions")
-    return out
 
 
 def load_generic(root: Path, max_history: int = 10) -> Dataset:
+    """The generic layout: items.jsonl and interactions.csv in `root`, checked and split (see the module doc)."""
     _check_root(root, "generic")
     items = read_generic_items(root / GENERIC_FILES[0])
-    interactions = read_interactions(root / GENERIC_FILES[1], {it["item_id"] for it in items})
-    return Dataset(items, build_splits(interactions, max_history))
+    path = root / GENERIC_FILES[1]
+    return interaction_dataset(items, read_interactions(path, {it["item_id"] for it in items}), max_history, str(path))
 
 
-def build_splits(interactions: list[tuple[str, str, float]], max_history: int = 10) -> dict[str, list[dict]]:
+def drop_duplicates(records: Iterable[tuple[str, Interaction]], source: str) -> tuple[list[Interaction], int]:
+    """The interactions of ("where", interaction) records without exact repeats (same user, item and timestamp:
+    double logging), and how many were dropped; a warning names `source`, the first repeat and the count. The same
+    item at another time is kept: a re-purchase is real.
+
+    Example:
+        >>> drop_duplicates([("f:2", ("u", "a", 1.0)), ("f:3", ("u", "a", 1.0)), ("f:4", ("u", "a", 9.0))], "f")
+        ([('u', 'a', 1.0), ('u', 'a', 9.0)], 1)
+    """
+    first: dict[Interaction, str] = {}
+    kept, repeat, dropped = [], None, 0
+    for where, interaction in records:
+        if interaction in first:
+            dropped += 1
+            repeat = repeat or (where, first[interaction])
+            continue
+        first[interaction] = where
+        kept.append(interaction)
+    if dropped:
+        logger.warning("%s: dropped %d exact duplicate interaction(s) (same user, item and timestamp); the first is "
+                       "%s, a repeat of %s", source, dropped, *repeat)
+    return kept, dropped
+
+
+def interaction_dataset(items: list[dict], records: Iterable[tuple[str, Interaction]], max_history: int,
+                        source: str) -> Dataset:
+    """A Dataset from ("where", interaction) records: duplicates dropped, rows built, what was left out counted."""
+    interactions, duplicates = drop_duplicates(records, source)
+    short = sum(n < 2 for n in Counter(user for user, _, _ in interactions).values())
+    if short:
+        logger.info("%s: %d user(s) with a single interaction make no row (users_too_short)", source, short)
+    return Dataset(items, build_splits(interactions, max_history),
+                   {"duplicate_interactions": duplicates, "users_too_short": short})
+
+
+def build_splits(interactions: list[Interaction], max_history: int = 10) -> dict[str, list[dict]]:
     """Per-user chronological rows, sorted stably by target time, cut 8:1:1 by row count (see module doc)."""
     per_user: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
     for order, (user, item, ts) in enumerate(interactions):

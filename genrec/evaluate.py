@@ -26,9 +26,10 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from genrec.artifacts import ITEMS, SPLIT, SPLITS, Run
+from genrec.checkpoint import has_model, has_sid_map
 from genrec.decoding.beam import DecodeConfig
 from genrec.evaluation import KS, train_item_counts, write_results
-from genrec.recommender import Recommender, has_sid_map, load_recommender
+from genrec.recommender import Recommender, load_recommender
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def evaluate_checkpoint(run_dir: str | Path, checkpoint: str | Path | None = Non
     metrics. A checkpoint without its own sids.json (a plain save_pretrained model) uses the run's."""
     run = Run(run_dir)
     checkpoint = Path(checkpoint) if checkpoint else run.checkpoint("sft")
-    if not (checkpoint / "config.json").exists():
+    if not has_model(checkpoint):
         raise FileNotFoundError(f"{checkpoint} holds no model (config.json missing); run the sft stage first "
                                 "or pass --checkpoint DIR")
     recommender = load_recommender(checkpoint, device=device, sids=None if has_sid_map(checkpoint) else run.sids())

@@ -20,7 +20,9 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from genrec.artifacts import METRICS, PREDICTIONS
+import numpy as np
+
+from genrec.artifacts import METRICS, PREDICTIONS, train_sequences
 from genrec.io import write_json, write_jsonl
 
 KS = (1, 3, 5, 10, 20)
@@ -49,6 +51,15 @@ def ranking_metrics(ranked: Sequence[Sequence[str]], targets: Sequence[str], ks:
     return {name: sum(values) / len(values) if values else 0.0 for name, values in per_row.items()}
 
 
+def item_counts(seqs: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
+    """Occurrences of each column 0..n_items-1 in the sequences (float64), e.g. train interactions per item of
+    `genrec.artifacts.train_sequences`."""
+    counts = np.zeros(n_items, dtype=np.float64)
+    for s in seqs:
+        np.add.at(counts, np.asarray(s, dtype=np.int64), 1.0)
+    return counts
+
+
 def train_item_counts(train_rows: Sequence[dict], item_ids: Sequence[str] = ()) -> dict[str, int]:
     """Train interactions per item id, each interaction counted once (the user sequences of `train_sequences`:
     a user's rows repeat the same history, so counting history items per row would count them again and again).
@@ -59,8 +70,6 @@ def train_item_counts(train_rows: Sequence[dict], item_ids: Sequence[str] = ()) 
         ...                    {"user_id": "u", "history": ["a", "b"], "target": "a"}], ["a", "b", "c"])
         {'a': 2, 'b': 1, 'c': 0}
     """
-    from genrec.baselines.common import item_counts, train_sequences  # lazy: the baselines import this module
-
     ids = list(dict.fromkeys([*item_ids, *(i for r in train_rows for i in (*r["history"], r["target"]))]))
     counts = item_counts(train_sequences(train_rows, {iid: n for n, iid in enumerate(ids)}), len(ids))
     return {iid: int(c) for iid, c in zip(ids, counts)}

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +35,11 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from genrec.artifacts import INTERESTS, SIDS, SPLIT, Run
+from genrec.checkpoint import CHECKPOINT_META, has_model, write_checkpoint_extras
 from genrec.decoding.beam import DecodeConfig, trie_sample
 from genrec.head import add_sid_head
-from genrec.modeling import CHECKPOINT_META, write_checkpoint_extras
 from genrec.precision import BF16_HELP, resolve_trainer_bf16
-from genrec.recommender import Recommender, load_recommender, selection_metrics
+from genrec.recommender import Recommender, load_recommender
 from genrec.sid import sid_vocab
 from genrec.tasks import encode_prompt, next_item_prompt
 from genrec.training import (
@@ -53,6 +52,8 @@ from genrec.training import (
     prepare_resume,
     run_signature,
     save_final,
+    selection_metrics,
+    selection_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -254,11 +255,8 @@ def grpo_rows(rows: list[dict], sid_strings: dict[str, str], max_history: int | 
               ) -> list[dict]:
     """Prompts of the train rows whose target and at least one history item have a SID: prompt (the one prompt
     builder), target (item id) and target_sid, the columns the rewards read. `n` > 0 keeps a fixed random subset."""
-    rows = [r for r in rows if r["target"] in sid_strings and any(i in sid_strings for i in r["history"])]
-    if n and n < len(rows):
-        rows = random.Random(seed).sample(rows, n)
-    return [{"prompt": next_item_prompt(r["history"], sid_strings, max_history), "target": r["target"],
-             "target_sid": sid_strings[r["target"]]} for r in rows]
+    return [{"prompt": next_item_prompt(history, sid_strings, max_history), "target": target,
+             "target_sid": sid_strings[target]} for history, target in selection_rows(rows, sid_strings, n, seed)]
 
 
 def build_rewards(args: GenRecGRPOArguments, run: Run, sid_strings: dict[str, str]) -> list:
@@ -319,7 +317,7 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and training_args.world_size == 1:
         raise ValueError(f"{os.environ['WORLD_SIZE']} processes were launched but each trains alone: without a GPU "
                          "set use_cpu: true (or --use_cpu true) so they run DDP over gloo")
-    if not (args.start_dir / "config.json").exists():
+    if not has_model(args.start_dir):
         raise FileNotFoundError(f"{args.start_dir} holds no model: run the sft stage first or set sft_checkpoint")
     training_args = resolve_grpo_args(args, training_args)
     # resumable only with the same SFT model (its genrec.json records the step it was selected at) and inputs
@@ -331,8 +329,6 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
     sid_strings = start.sid_strings
     train = Dataset.from_list(grpo_rows(run.split("train"), sid_strings, start.max_history, args.train_rows,
                                         training_args.seed))
-    from genrec.sft import selection_rows
-
     rows = selection_rows(run.split("valid"), start.sids, args.eval_rows, seed=training_args.seed)
     rollout = TrieRollout(args, start.sids, start.max_history)
     decode = DecodeConfig(beam=args.eval_num_beams, batch_size=training_args.per_device_eval_batch_size,

@@ -1,4 +1,4 @@
-"""The recommender LM: base model + tokenizer, SID tokens in the vocabulary, SA-Init, checkpoint I/O.
+"""The recommender LM: base model + tokenizer, SID tokens in the vocabulary, SA-Init (checkpoints: genrec.checkpoint).
 
 Any causal LM loads with ``from_pretrained`` (local dir or hub id; Qwen2.5 / Qwen3 are first-class). The offline
 default (``model_name_or_path: default``) is a small ``Qwen3ForCausalLM`` whose text tokenizer (BERT WordPiece,
@@ -17,20 +17,16 @@ Example:
     >>> model, tok = prepare_model(ModelConfig(sid_init="sa"), sids, semantics=semantics)  # doctest: +SKIP
     >>> tok.decode(tok("<a_12><b_7><c_200>")["input_ids"], skip_special_tokens=True)  # doctest: +SKIP
     '<a_12><b_7><c_200>'
-    >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from genrec.io import write_json, write_jsonl
 from genrec.sid import SID_TOKEN_RE, all_sid_tokens, sid_vocab
 
 logger = logging.getLogger(__name__)
@@ -39,11 +35,6 @@ DEFAULT_MODEL = "default"
 SID_INIT_MODES = ("sa", "mean", "random")
 BACKBONES = ("random", "minilm")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
-# a checkpoint directory: save_pretrained files plus these (read by genrec.recommender.load_recommender)
-CHECKPOINT_SIDS = "sids.json"
-CHECKPOINT_META = "genrec.json"
-CHECKPOINT_CATALOG = "catalog.jsonl"
-CHECKPOINT_LOG = "trainer_log.json"  # the trainer's log history (losses, rewards, selection metrics) by step
 # WordPiece decoding puts a space before every token that lacks the "##" prefix; marking SID tokens of level b+
 # as continuations glues a SID together (<a_12><b_7>) while separate SIDs and text stay space-separated.
 _GLUE_SID = r"^<(?=[b-z]_\d+>$)"
@@ -370,66 +361,4 @@ def prepare_model(cfg: ModelConfig, sids: dict[str, list[int]], *, codebook_size
             raise ValueError("SA-Init needs the SID tokens' keywords (token_semantics.json of the describe stage): "
                              "run the describe stage first or set model.sid_init to 'mean' or 'random'")
         init_sid_embeddings(model, tok, semantics or {}, cfg.sid_init, tokens=new)
-    return model, tok
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | None = None,
-                    titles: dict[str, str] | None = None) -> None:
-    """save_pretrained model + tokenizer, plus sids.json, genrec.json (= extra: how it was trained, see
-    `genrec.recommender.checkpoint_metadata`) and catalog.jsonl (item_id, title), into out_dir atomically.
-
-    Everything is written to a temporary sibling directory that then replaces out_dir, so a killed save never
-    leaves a half-written checkpoint. Call it on the main process only.
-
-    Example:
-        >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids, {"stage": "sft"})  # doctest: +SKIP
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_checkpoint_extras(tmp, sids, extra, titles)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved checkpoint to %s", out_dir)
-
-
-def write_checkpoint_extras(out_dir: Path, sids: dict, extra: dict | None = None,
-                            titles: dict[str, str] | None = None) -> None:
-    """genrec's files beside the save_pretrained ones: sids.json, genrec.json (when `extra`), catalog.jsonl (when
-    `titles`)."""
-    write_json(Path(out_dir) / CHECKPOINT_SIDS, sids)
-    if extra is not None:
-        write_json(Path(out_dir) / CHECKPOINT_META, extra)
-    if titles:
-        write_jsonl(Path(out_dir) / CHECKPOINT_CATALOG, ({"item_id": i, "title": titles.get(i, "")} for i in sids))
-
-
-def load_model_and_tokenizer(path, torch_dtype: str = "float32"):
-    """(model, tokenizer) from a checkpoint directory written by save_checkpoint (or any save_pretrained dir).
-
-    Example:
-        >>> model, tok = load_model_and_tokenizer("runs/demo/checkpoints/sft")  # doctest: +SKIP
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json); train or pass another path")
-    if torch_dtype not in DTYPES:
-        raise ValueError(f"torch_dtype={torch_dtype!r}: use one of {', '.join(DTYPES)}")
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[torch_dtype])
-    sync_special_tokens(model, tok)
     return model, tok

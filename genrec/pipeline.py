@@ -1,13 +1,13 @@
 """The stage pipeline: `genrec pipeline CONFIG [--run-dir DIR] [--stages a,b,c]`.
 
 A pipeline config is one YAML with a section per stage (``data:``, ``embed:``, ``quantize:``, ...); each section
-fills that stage's config dataclass, so only values that differ from the defaults need to be written; unknown
-options and values of the wrong type fail when the section is built, before any stage runs. Every stage reads the
-previous stages' files from the run directory and writes its own. After a stage finishes, its fingerprint (hash
-of its own config, of the content of the user files it reads, and of the fingerprints of the stages it depends on)
-is stored under ``<run_dir>/.genrec/``; a stage whose outputs exist with the same fingerprint is skipped, so a
-killed pipeline resumes where it stopped, and changing a stage's config or editing the dataset's files re-runs it
-and everything downstream.
+fills that stage's config dataclass (`genrec.config.from_dict`), so only values that differ from the defaults need
+to be written; unknown options and values of the wrong type fail when the section is built, before any stage runs.
+Every stage reads the previous stages' files from the run directory and writes its own. After a stage finishes,
+its fingerprint (hash of its own config, of the content of the user files it reads, and of the fingerprints of the
+stages it depends on) is stored under ``<run_dir>/.genrec/``; a stage whose outputs exist with the same
+fingerprint is skipped, so a killed pipeline resumes where it stopped, and changing a stage's config or editing
+the dataset's files re-runs it and everything downstream.
 
 Example:
     >>> cfg = load_pipeline_config("configs/pipeline/demo.yaml")  # doctest: +SKIP
@@ -24,18 +24,17 @@ import json
 import logging
 import shutil
 import time
-import types
-import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from genrec import artifacts as A
+from genrec.checkpoint import CHECKPOINT_CONFIG, CHECKPOINT_SIDS
+from genrec.config import from_dict
 from genrec.io import (
     describe_value,
     file_sha256,
-    json_type,
     read_json,
     read_yaml_mapping,
     remove_stale_temp_files,
@@ -52,7 +51,9 @@ class Stage:
     run: Any  # "module:function" called as run(run_dir, cfg) (or the function itself)
     outputs: tuple[str, ...]
     after: tuple[str, ...] = ()  # stages this one always reads from
-    inputs: Any = None  # "module:function" listing the user files the stage reads for a config (fingerprinted)
+    # "module:function" listing the files from outside the pipeline a stage reads for a config (fingerprinted), as
+    # function(cfg) or function(cfg, run_dir); None from it: this config reads none
+    inputs: Any = None
     needs: Any = None  # "module:function": extra stages this one reads for a given config (e.g. embed -> label)
 
 
@@ -72,13 +73,14 @@ STAGES: dict[str, Stage] = {
         Stage("embed", "genrec.encoders:EmbedConfig", "genrec.encoders:run_embed", (A.ITEM_EMB, A.ITEM_EMB_META),
               ("data",), needs="genrec.encoders:embed_needs"),
         Stage("quantize", "genrec.tokenizer:QuantizeConfig", "genrec.tokenizer:run_quantize", (A.SIDS, A.SID_REPORT),
-              ("embed",), needs="genrec.tokenizer.stage:quantize_needs"),
+              ("embed",), inputs="genrec.tokenizer.stage:quantize_inputs",
+              needs="genrec.tokenizer.stage:quantize_needs"),
         Stage("describe", "genrec.describe:DescribeConfig", "genrec.describe:run_describe", (A.TOKEN_SEMANTICS,),
               ("quantize",)),
         Stage("sft", "genrec.sft:SFTStageConfig", "genrec.sft:run_sft_stage",
-              (_checkpoint("sft", "config.json"), _checkpoint("sft", A.SIDS)), ("describe",)),
+              (_checkpoint("sft", CHECKPOINT_CONFIG), _checkpoint("sft", CHECKPOINT_SIDS)), ("describe",)),
         Stage("grpo", "genrec.grpo:GRPOStageConfig", "genrec.grpo:run_grpo_stage",
-              (_checkpoint("grpo", "config.json"), _checkpoint("grpo", A.SIDS)), ("sft",)),
+              (_checkpoint("grpo", CHECKPOINT_CONFIG), _checkpoint("grpo", CHECKPOINT_SIDS)), ("sft",)),
         Stage("evaluate", "genrec.evaluate:EvaluateStageConfig", "genrec.evaluate:run_evaluate_stage",
               (f"{A.EVAL}/{A.METRICS}",), ("sft",), needs="genrec.evaluate:evaluate_needs"),
     ]
@@ -101,87 +103,6 @@ def _load(ref):
         return ref
     module, name = ref.split(":")
     return getattr(importlib.import_module(module), name)
-
-
-def _matches(value, tp) -> bool:
-    """Whether a YAML value fits a field annotation; int fits float, bool fits only bool, "3" never fits int."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any or tp is object:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if origin is typing.Literal:
-        return any(value == a and type(value) is type(a) for a in args)
-    if tp is bool:
-        return isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp in (list, tuple) or origin in (list, tuple):  # YAML spells every sequence as a list
-        item = args[0] if args else Any
-        return isinstance(value, list) and all(_matches(v, item) for v in value)
-    if tp is dict or origin is dict:
-        key, val = args if len(args) == 2 else (Any, Any)
-        return isinstance(value, dict) and all(_matches(k, key) and _matches(v, val) for k, v in value.items())
-    if tp is Path:
-        return isinstance(value, (str, Path))
-    if isinstance(tp, type):
-        return isinstance(value, tp)
-    return True  # annotations this checker does not model are left to the dataclass
-
-
-def _type_name(tp) -> str:
-    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "").replace("NoneType", "None")
-
-
-def check_types(cls, values: dict, where: str, section: str | None = None) -> None:
-    """Refuse values whose type does not fit the field, before the dataclass (or a stage, much later) sees them.
-
-    YAML and --set values arrive with YAML's types: "abc" or 2.5 for an int fails here with the option, the expected
-    type and the value. A quoted "3" is refused too rather than coerced, so the YAML says what the code gets.
-
-    Example:
-        >>> check_types(DataConfig, {"max_history": 2.5}, "p.yaml", "data")  # doctest: +SKIP
-        ValueError: p.yaml: data.max_history=2.5: expected int, got a number
-    """
-    hints = typing.get_type_hints(cls)
-    for key, value in values.items():
-        tp = hints.get(key, Any)
-        if not _matches(value, tp):
-            name = f"{section}.{key}" if section else key
-            raise ValueError(f"{where}: {name}={repr(value)[:80]}: expected {_type_name(tp)}, got {json_type(value)}")
-
-
-def from_dict(cls, values: dict | None, where: str, section: str | None = None):
-    """Build a config dataclass from a YAML mapping with transformers' HfArgumentParser.
-
-    Unknown keys fail with the list of valid ones and wrongly typed values with the type expected (check_types),
-    both naming `where` (file and section), before any stage runs.
-
-    Example:
-        >>> from_dict(QuantizeConfig, {"levels": 4}, "configs/tokenizer/x.yaml").levels  # doctest: +SKIP
-        4
-    """
-    from transformers import HfArgumentParser
-
-    if values is None:
-        values = {}
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping of option: value, got {describe_value(values)}; write one "
-                         "option per line under the section, e.g. 'seed: 1'")
-    names = sorted(f.name for f in dataclasses.fields(cls) if f.init)
-    unknown = sorted(str(k) for k in values if k not in names)
-    if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown}; valid options are {names}")
-    check_types(cls, values, where, section)
-    try:
-        (obj,) = HfArgumentParser(cls).parse_dict(values, allow_extra_keys=False)
-    except TypeError as e:  # e.g. a required option left out
-        raise ValueError(f"{where}: {e}") from None
-    return obj
 
 
 @dataclass
@@ -275,7 +196,12 @@ def _input_digests(cfg: PipelineConfig, run_dir: Path | None) -> dict[str, list[
     for name, st in STAGES.items():
         if st.inputs is None:
             continue
-        files = [str(p) for p in _load(st.inputs)(cfg.sections[name])]
+        inputs = _load(st.inputs)
+        listed = (inputs(cfg.sections[name], run_dir) if "run_dir" in inspect.signature(inputs).parameters
+                  else inputs(cfg.sections[name]))
+        if listed is None:  # no payload entry at all, so such configs keep the fingerprints they had
+            continue
+        files = [str(p) for p in listed]
         out[name] = [[p, file_sha256(p, cache)] for p in files]
         used.update({p: cache[p] for p in files if p in cache})
     if cache_path is not None and run_dir.is_dir() and used != saved:

@@ -6,9 +6,7 @@ GRPO rollouts and the server all call it, so they build the same prompt (`genrec
 it the same way (`genrec.tasks.encode_prompt`) and decode under the same precision (`genrec.precision`).
 `load_recommender` is the one way to load a trained checkpoint for inference.
 
-A checkpoint (written by `genrec.modeling.save_checkpoint`) is a ``save_pretrained`` directory plus:
-``sids.json`` (item -> SID codes), ``genrec.json`` (how it was trained: prompt settings, precision, selection) and,
-since the serving API needs titles, ``catalog.jsonl`` (item_id, title).
+A checkpoint's files (weights, SID map, catalog titles, how it was trained) are read through `genrec.checkpoint`.
 
 Example:
     >>> rec = load_recommender("runs/demo/checkpoints/sft")  # doctest: +SKIP
@@ -26,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from genrec.decoding.beam import DecodeConfig, Recommendation, recommend
-from genrec.decoding.trie import SIDTrie
-from genrec.modeling import CHECKPOINT_CATALOG, CHECKPOINT_META, CHECKPOINT_SIDS, load_model_and_tokenizer
+from genrec.checkpoint import has_sid_map, load_catalog, load_model_and_tokenizer, trained_with
+from genrec.decoding.beam import DecodeConfig, recommend
+from genrec.decoding.trie import Recommendation, SIDTrie
 from genrec.precision import native_bf16, resolve_bf16
 from genrec.sid import sid_string, sid_tokens
 from genrec.tasks import encode_prompt, next_item_prompt
@@ -98,50 +96,6 @@ class Recommender:
         return [*self.tokenizer.convert_tokens_to_ids(sid_tokens(self.sids[item_id])), self.trie.eos_token_id]
 
 
-def selection_metrics(accelerator, recommender: Recommender, rows: Sequence[tuple[Sequence[str], str]],
-                      decode: DecodeConfig) -> dict[str, float]:
-    """Model selection inside a trainer: HR@K / NDCG@K of `recommender` on (history, target) rows, the rows split
-    across processes and gathered (every rank runs the same number of forward passes, as ZeRO-3 needs)."""
-    import time
-
-    from accelerate.utils import gather_object
-
-    from genrec.evaluation import KS, ranking_metrics
-
-    start = time.time()
-    with accelerator.split_between_processes(list(rows), apply_padding=True) as shard:
-        recs = recommender.recommend([h for h, _ in shard], decode)
-    recs = gather_object([(r.items, r.invalid) for r in recs])[: len(rows)]
-    out = ranking_metrics([items for items, _ in recs], [t for _, t in rows], ks=[k for k in KS if k <= decode.beam])
-    out["invalid"] = sum(inv for _, inv in recs)
-    out["ranking_seconds"] = round(time.time() - start, 1)
-    return out
-
-
-def checkpoint_metadata(max_history: int | None, bf16: bool, **extra) -> dict:
-    """What `load_recommender` needs to know of how a checkpoint was trained (written to genrec.json)."""
-    return {"prompt": {"max_history": max_history}, "bf16": bool(bf16), **extra}
-
-
-def has_sid_map(checkpoint: str | Path) -> bool:
-    return (Path(checkpoint) / CHECKPOINT_SIDS).is_file()
-
-
-def load_catalog(checkpoint: str | Path) -> tuple[dict[str, list[int]], dict[str, str]]:
-    """A checkpoint's item -> SID map and item -> title (empty without catalog.jsonl), without its weights (the
-    server validates requests with them while the model runs elsewhere)."""
-    from genrec.artifacts import read_rows, read_sids
-
-    checkpoint = Path(checkpoint)
-    if not has_sid_map(checkpoint):
-        raise FileNotFoundError(f"{checkpoint} has no {CHECKPOINT_SIDS}: it was not written by genrec's sft or "
-                                "grpo stage; pass the run's SID map (genrec evaluate --run-dir RUN does)")
-    titles = {}
-    if (checkpoint / CHECKPOINT_CATALOG).is_file():
-        titles = {str(r["item_id"]): str(r.get("title", "")) for r in read_rows(checkpoint / CHECKPOINT_CATALOG)}
-    return read_sids(checkpoint / CHECKPOINT_SIDS), titles
-
-
 def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype: str = "float32",
                      sids: dict[str, list[int]] | None = None) -> Recommender:
     """A trained checkpoint ready to recommend: model (on `device`, default cuda when available), tokenizer, trie,
@@ -152,17 +106,12 @@ def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype
     Example:
         >>> rec = load_recommender("runs/demo/checkpoints/sft", device="cpu")  # doctest: +SKIP
     """
-    from genrec.io import read_json
-
     checkpoint = Path(checkpoint)
     model, tokenizer = load_model_and_tokenizer(checkpoint, dtype)
     own_sids, titles = load_catalog(checkpoint) if sids is None or has_sid_map(checkpoint) else ({}, {})
     sids = sids if sids is not None else own_sids
-    meta = read_json(checkpoint / CHECKPOINT_META) if (checkpoint / CHECKPOINT_META).is_file() else {}
+    trained = trained_with(checkpoint)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    prompt = meta.get("prompt") or {}
-    logger.info("loaded %s on %s (%d items, max_history %s)", checkpoint, device, len(sids),
-                prompt.get("max_history"))
-    return Recommender(model, tokenizer, sids, max_history=prompt.get("max_history"), bf16=meta.get("bf16"),
-                       titles=titles)
+    logger.info("loaded %s on %s (%d items, max_history %s)", checkpoint, device, len(sids), trained.max_history)
+    return Recommender(model, tokenizer, sids, max_history=trained.max_history, bf16=trained.bf16, titles=titles)

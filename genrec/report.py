@@ -24,6 +24,7 @@ from scipy.stats import bootstrap
 
 from genrec import artifacts as A
 from genrec.artifacts import METRICS, PLOT, PREDICTIONS, REPORT, Run, read_rows
+from genrec.checkpoint import read_trainer_log
 from genrec.evaluation import BUCKET_METRICS, BUCKETS, row_metrics
 from genrec.io import read_json, write_text
 
@@ -132,7 +133,7 @@ def write_report(run_dir: Path, split: str = "test") -> Path:
                       paired_table(paired_differences([sft, run.root], split)), ""]
         plot = plots.metrics_plot(metrics, run.path(PLOT, name=f"metrics_{split}"))
         lines += [f"![HR@K and NDCG@K]({plot.relative_to(run.root)})", ""]
-    histories = {stage: log for stage in ("sft", "grpo") if (log := run.training_log(stage))}
+    histories = {stage: log for stage in ("sft", "grpo") if (log := read_trainer_log(run.checkpoint(stage)))}
     if histories:
         plot = plots.training_curves(histories, run.path(PLOT, name="training"))
         lines += ["## Training", "", f"![training curves]({plot.relative_to(run.root)})", ""]

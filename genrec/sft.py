@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +30,13 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer
 
 from genrec.artifacts import SIDS, SPLIT, TOKEN_SEMANTICS, Run
+from genrec.checkpoint import write_checkpoint_extras
 from genrec.decoding.beam import DecodeConfig
 from genrec.head import add_sid_head
 from genrec.interests.schema import positive_interests
-from genrec.modeling import ModelConfig, prepare_model, write_checkpoint_extras
+from genrec.modeling import ModelConfig, prepare_model
 from genrec.precision import BF16_HELP, resolve_trainer_bf16
-from genrec.recommender import Recommender, selection_metrics
+from genrec.recommender import Recommender
 from genrec.sid import sid_string, sid_vocab
 from genrec.tasks import (
     OFF_BY_DEFAULT,
@@ -58,6 +58,8 @@ from genrec.training import (
     prepare_resume,
     run_signature,
     save_final,
+    selection_metrics,
+    selection_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -199,15 +201,6 @@ class GenRecSFTTrainer(SFTTrainer):
 
 
 # ----------------------------------------------------------------------------- building a run
-
-
-def selection_rows(rows: list[dict], sids: dict, n: int, seed: int = 0) -> list[tuple[list[str], str]]:
-    """(history, target) of a fixed random subset of `rows` (`n` rows; 0 = all) whose target and at least one
-    history item have a SID: the rows model selection decodes."""
-    rows = [r for r in rows if r["target"] in sids and any(i in sids for i in r["history"])]
-    if n and n < len(rows):
-        rows = random.Random(seed).sample(rows, n)
-    return [(r["history"], r["target"]) for r in rows]
 
 
 def resolve_training_args(args: GenRecSFTArguments, training_args: SFTConfig) -> SFTConfig:

@@ -1,7 +1,10 @@
-"""What genrec's two trainers (SFT and GRPO) share: run options, resume, the time budget and the final save.
+"""What genrec's two trainers (SFT and GRPO) share: run options, model selection, resume, the time budget and the
+final save. The trainers import from here, never from each other.
 
 - `TrainingOptions`: the options of a training stage beyond TRL's config (model-selection rows and beams, the
   wall-clock budget, LoRA); `GenRecSFTArguments` and `GenRecGRPOArguments` extend it.
+- Model selection: `selection_rows` picks the valid rows decoded every ``eval_steps``, `selection_metrics` ranks
+  them with the one ranker (`Recommender.recommend`) across processes.
 - Resume: `prepare_resume` removes checkpoints a kill cut short (transformers does not save atomically) and, with
   ``resume_from_checkpoint: auto``, discards checkpoints made from another configuration or other run inputs;
   `find_resume_checkpoint` then picks the latest with transformers' `get_last_checkpoint`.
@@ -19,19 +22,21 @@ import dataclasses
 import hashlib
 import json
 import logging
+import random
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from genrec.checkpoint import checkpoint_metadata, save_checkpoint, write_checkpoint_extras, write_trainer_log
 from genrec.decoding.beam import DecodeConfig
 from genrec.io import write_json
-from genrec.modeling import CHECKPOINT_LOG, save_checkpoint, write_checkpoint_extras
 from genrec.precision import describe_device
-from genrec.recommender import checkpoint_metadata
+from genrec.recommender import Recommender
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,36 @@ class TrainingOptions:
         return LoraConfig(r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                           target_modules=self.lora_target_modules, task_type="CAUSAL_LM",
                           modules_to_save=["embed_tokens", "lm_head"], ensure_weight_tying=True)
+
+
+# ----------------------------------------------------------------------------- model selection
+
+
+def selection_rows(rows: list[dict], sids: dict, n: int, seed: int = 0) -> list[tuple[list[str], str]]:
+    """(history, target) of a fixed random subset of `rows` (`n` rows; 0 = all) whose target and at least one
+    history item have a SID: the rows model selection decodes."""
+    rows = [r for r in rows if r["target"] in sids and any(i in sids for i in r["history"])]
+    if n and n < len(rows):
+        rows = random.Random(seed).sample(rows, n)
+    return [(r["history"], r["target"]) for r in rows]
+
+
+def selection_metrics(accelerator, recommender: Recommender, rows: Sequence[tuple[Sequence[str], str]],
+                      decode: DecodeConfig) -> dict[str, float]:
+    """Model selection inside a trainer: HR@K / NDCG@K of `recommender` on (history, target) rows, the rows split
+    across processes and gathered (every rank runs the same number of forward passes, as ZeRO-3 needs)."""
+    from accelerate.utils import gather_object
+
+    from genrec.evaluation import KS, ranking_metrics
+
+    start = time.time()
+    with accelerator.split_between_processes(list(rows), apply_padding=True) as shard:
+        recs = recommender.recommend([h for h, _ in shard], decode)
+    recs = gather_object([(r.items, r.invalid) for r in recs])[: len(rows)]
+    out = ranking_metrics([items for items, _ in recs], [t for _, t in rows], ks=[k for k in KS if k <= decode.beam])
+    out["invalid"] = sum(inv for _, inv in recs)
+    out["ranking_seconds"] = round(time.time() - start, 1)
+    return out
 
 
 # ----------------------------------------------------------------------------- resume
@@ -191,7 +226,7 @@ def save_final(trainer, out_dir: Path, *, sids: dict, titles: dict[str, str], ma
                 model = model.merge_and_unload()
             save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles)
     if trainer.is_world_process_zero():
-        write_json(Path(out_dir) / CHECKPOINT_LOG, state.log_history)
+        write_trainer_log(out_dir, state.log_history)
 
 
 # ----------------------------------------------------------------------------- config files and pipeline stages

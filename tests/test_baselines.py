@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from genrec.artifacts import train_sequences
 from genrec.baselines import BASELINES, main
-from genrec.baselines.common import history_matrix, top_k, train_sequences
+from genrec.baselines.common import history_matrix, top_k
 from genrec.baselines.sasrec import training_windows
 from genrec.evaluation import KS
 from genrec.io import write_json, write_jsonl, write_npy

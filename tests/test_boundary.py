@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from genrec import cli, pipeline
+from genrec.config import _matches
 from genrec.data import DataConfig, load_dataset, load_generic, load_minionerec
 from genrec.io import read_text, remove_stale_temp_files
 from genrec.pipeline import (
     Stage,
-    _matches,
     load_pipeline_config,
     parse_stage_list,
     pipeline_config_from_dict,

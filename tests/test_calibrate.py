@@ -110,7 +110,7 @@ def test_calibrate_pulls_co_interacted_items_and_keeps_the_rest_near_their_text(
 @pytest.mark.parametrize("bad", [
     dict(calibration="genair2"), dict(calibration_gamma=-1.0), dict(calibration_steps=0),
     dict(calibration_window=0), dict(calibration_lr=0.0), dict(input="no/such/dir"),
-    dict(archetype_weight=1.0), dict(archetype_weight=0.5, input="fused"), dict(fused_options=[1]),
+    dict(archetype_weight=1.0), dict(archetype_weight=0.5, input="fused"),
 ])
 def test_bad_calibration_or_input_config_raises(bad):
     with pytest.raises(ValueError, match="quantize"):

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from test_serving import DECODE, SIDS, TITLES, tiny_model_and_tokenizer, wait_until
 
+from genrec.checkpoint import checkpoint_metadata, save_checkpoint
 from genrec.client import APIError, GenrecClient, ServerError, main
-from genrec.modeling import save_checkpoint
-from genrec.recommender import checkpoint_metadata, load_recommender
+from genrec.recommender import load_recommender
 from genrec.serving.app import create_app
 from genrec.serving.config import ServeConfig
 from genrec.serving.server import serve_in_thread

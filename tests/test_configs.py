@@ -11,7 +11,8 @@ import torch
 import yaml
 from trl import TrlParser
 
-from genrec.pipeline import from_dict, load_pipeline_config
+from genrec.config import from_dict
+from genrec.pipeline import load_pipeline_config
 from genrec.sft import SFT_DATACLASSES, parse_sft_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

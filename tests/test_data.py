@@ -115,7 +115,9 @@ def test_minionerec_bad_input(tmp_path, catalog, csv_text, message):
 
 def test_industrial_benchmark_protocol(amazon18):
     ds = load_minionerec(amazon18, "Industrial_and_Scientific", train_split="recovered")
-    assert ds.stats() == {"items": 3686, "train_rows": 8350, "valid_rows": 4532, "test_rows": 4533}
+    # the layout gives rows, not interactions: no duplicates or short users to count; 145 items occur in no row
+    assert ds.stats() == {"items": 3686, "train_rows": 8350, "valid_rows": 4532, "test_rows": 4533,
+                          "items_without_interactions": 145, "duplicate_interactions": None, "users_too_short": None}
 
 
 def test_synthetic_is_not_solved_by_popularity():
@@ -138,3 +140,53 @@ def test_config_errors():
         DataConfig(source="generic")
     with pytest.raises(ValueError, match="use 'synthetic'"):
         DataConfig(source="csv")
+
+
+# ----------------------------------------------------------------------------- what the data stage changes, counted
+
+
+def test_exact_duplicate_interactions_are_dropped_counted_and_named(tmp_path, caplog):
+    # u1 logged a at time 1 three times (double logging) and b at time 2 twice: 3 repeats, the first on line 3
+    inter = "user_id,item_id,timestamp\nu1,a,1\nu1,a,1\nu1,b,2\nu1,a,1\nu1,b,2\nu1,c,3\n"
+    root = write_generic(tmp_path / "ds", ITEMS, inter)
+    with caplog.at_level("WARNING", logger="genrec.data"):
+        ds = load_generic(root)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "dropped 3 exact duplicate interaction(s)" in warning
+    assert f"the first is {root / 'interactions.csv'}:3, a repeat of {root / 'interactions.csv'}:2" in warning
+    rows = ds.splits["train"] + ds.splits["valid"] + ds.splits["test"]
+    # no row whose target is its own last history item
+    assert [(r["history"], r["target"]) for r in rows] == [(["a"], "b"), (["a", "b"], "c")]
+    ds.write(tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "data_stats.json").read_text())["duplicate_interactions"] == 3
+
+
+def test_the_same_item_at_another_time_is_a_repurchase_and_stays(tmp_path, caplog):
+    inter = "user_id,item_id,timestamp\nu1,a,1\nu1,a,2\nu1,a,3\n"
+    with caplog.at_level("WARNING", logger="genrec.data"):
+        ds = load_generic(write_generic(tmp_path, ITEMS, inter))
+    assert not caplog.records
+    rows = ds.splits["train"] + ds.splits["valid"] + ds.splits["test"]
+    assert [(r["history"], r["target"]) for r in rows] == [(["a"], "a"), (["a", "a"], "a")]
+    assert ds.stats()["duplicate_interactions"] == 0
+
+
+def test_items_without_interactions_are_counted_and_kept(tmp_path):
+    # d, e and f are in the catalog but no row mentions them; they stay in items.jsonl (they still get SIDs)
+    ds = load_generic(write_generic(tmp_path, ITEMS, "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu2,c,1\nu2,b,2\n"))
+    assert ds.stats()["items_without_interactions"] == 3 and len(ds.items) == 6
+
+
+def test_users_too_short_to_make_a_row_are_counted(tmp_path):
+    # u2 and u3 have one interaction each: no history to predict from, so no row; c is then in no row either
+    inter = "user_id,item_id,timestamp\nu1,a,1\nu1,b,2\nu2,c,5\nu3,a,7\n"
+    ds = load_generic(write_generic(tmp_path, ITEMS, inter))
+    stats = ds.stats()
+    assert (stats["users_too_short"], stats["items_without_interactions"]) == (2, 4)
+    assert [r["user_id"] for s in ("train", "valid", "test") for r in ds.splits[s]] == ["u1"]
+
+
+def test_synthetic_data_stats_count_nothing_dropped():
+    # the generator moves each user's clock forward at every purchase: no exact duplicates, no user under 5 items
+    stats = load_dataset(DataConfig(source="synthetic", synthetic_items=240, synthetic_users=60)).stats()
+    assert (stats["duplicate_interactions"], stats["users_too_short"]) == (0, 0)

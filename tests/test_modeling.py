@@ -9,14 +9,13 @@ import pytest
 import torch
 
 from genrec.artifacts import TOKEN_SEMANTICS, Run
+from genrec.checkpoint import load_model_and_tokenizer, save_checkpoint
 from genrec.modeling import (
     ModelConfig,
     add_sid_tokens,
     build_default_model,
     init_sid_embeddings,
-    load_model_and_tokenizer,
     prepare_model,
-    save_checkpoint,
 )
 
 TINY = {"num_hidden_layers": 1, "intermediate_size": 32}

@@ -246,3 +246,22 @@ def test_data_input_files_follow_the_layout(tmp_path):
     (root / "train" / "Toy_5.csv").write_text("")  # official train rows win under train_split: auto
     train = input_files(DataConfig(source="minionerec", path=str(root)))[1]
     assert str(train.relative_to(root)) == "train/Toy_5.csv"
+
+
+def test_exported_fused_vectors_join_the_quantize_fingerprint(tmp_path):
+    from genrec.pipeline import fingerprints
+
+    text = pipeline_config_from_dict({"data": {"source": "synthetic"}})
+    fused = pipeline_config_from_dict({"data": {"source": "synthetic"}, "quantize": {"input": "fused"}})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    missing = fingerprints(fused, run_dir)
+    # text input reads nothing from outside the pipeline: its fingerprint is what it was before inputs existed
+    assert fingerprints(text, run_dir)["quantize"] == fingerprints(text)["quantize"]
+    # the baseline's export (or a new one) re-runs quantize and everything after it, nothing before
+    (run_dir / "fused").mkdir()
+    (run_dir / "fused" / "item_emb.npy").write_bytes(b"vectors")
+    exported = fingerprints(fused, run_dir)
+    assert [s for s in missing if missing[s] != exported[s]] == ["quantize", "describe", "sft", "grpo", "evaluate"]
+    (run_dir / "fused" / "item_emb.npy").write_bytes(b"other vectors")
+    assert fingerprints(fused, run_dir)["quantize"] != exported["quantize"]

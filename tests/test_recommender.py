@@ -16,9 +16,10 @@ from test_tasks import make_run_dir
 
 from genrec import artifacts
 from genrec.artifacts import Run
+from genrec.checkpoint import checkpoint_metadata, save_checkpoint
 from genrec.decoding import DecodeConfig
-from genrec.modeling import build_default_tokenizer, save_checkpoint
-from genrec.recommender import Recommender, checkpoint_metadata, load_recommender
+from genrec.modeling import build_default_tokenizer
+from genrec.recommender import Recommender, load_recommender
 from genrec.sft import GenRecSFTArguments, sft_catalog
 from genrec.sid import all_sid_tokens
 from genrec.tasks import build_sft_dataset, encode_example, encode_prompt
@@ -102,11 +103,13 @@ def test_each_artifact_is_parsed_once_per_process(run_dir, monkeypatch):
     assert "new" in run.sids() and calls == ["sids.json", "sids.json"]
 
 
-# Run-artifact file names, and the modules allowed to spell them: the artifacts module (the layout), modeling
-# (the checkpoint format, which shares the name sids.json) and data (the generic layout's own input items.jsonl).
+# Run-artifact and checkpoint file names, and the modules allowed to spell them: the artifacts module (the run
+# layout), checkpoint (the checkpoint layout, which shares the name sids.json) and data (the generic layout's own
+# input items.jsonl).
 ARTIFACT_NAMES = {"items.jsonl", "splits", "item_emb.npy", "item_emb.json", "sids.json", "sid_report.json",
-                  "token_semantics.json", "interests.jsonl", "metrics.json", "predictions.jsonl", "genrec.json"}
-ALLOWED = {"genrec/artifacts.py", "genrec/modeling.py", "genrec/data.py"}
+                  "token_semantics.json", "interests.jsonl", "metrics.json", "predictions.jsonl", "genrec.json",
+                  "catalog.jsonl", "trainer_log.json", "config.json"}
+ALLOWED = {"genrec/artifacts.py", "genrec/checkpoint.py", "genrec/data.py"}
 
 
 def _path_literals(path: Path) -> list[tuple[int, str]]:
@@ -126,4 +129,5 @@ def test_only_the_artifacts_module_knows_the_run_layout():
         rel = path.relative_to(ROOT).as_posix()
         if rel not in ALLOWED:
             offenders += [f"{rel}:{line}: {text!r}" for line, text in _path_literals(path)]
-    assert not offenders, "use genrec.artifacts for run files:\n" + "\n".join(offenders)
+    assert not offenders, "use genrec.artifacts for run files, genrec.checkpoint for checkpoint files:\n" + "\n".join(
+        offenders)

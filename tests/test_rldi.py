@@ -233,7 +233,7 @@ def test_config_checks(overrides, message):
 
 
 def test_config_from_pipeline_yaml_section():
-    from genrec.pipeline import from_dict
+    from genrec.config import from_dict
 
     cfg = from_dict(LabelConfig, {"margin": 0.05, "features": ["cosine", "confidence"],
                                   "judge": {"type": "openai", "model": "judge-llm"}}, "p.yaml", "label")

@@ -496,8 +496,8 @@ def test_vllm_backend_serves_real_items_on_gpu(tmp_path):
 
 def test_engine_process_answers_like_the_in_process_model(tmp_path):
     """`genrec serve`'s default engine runs the model in a child process; its answers equal the model's own."""
-    from genrec.modeling import save_checkpoint
-    from genrec.recommender import checkpoint_metadata, load_recommender
+    from genrec.checkpoint import checkpoint_metadata, save_checkpoint
+    from genrec.recommender import load_recommender
     from genrec.serving.engine import ProcessRecommender
 
     model, tokenizer = tiny_model_and_tokenizer()

@@ -193,7 +193,7 @@ def test_two_process_cpu_run(run_dir, tmp_path):
 
 def test_pipeline_stage_in_process_with_lora(run_dir, tmp_path):
     """The pipeline's sft stage trains in this process; LoRA adapters are merged into a plain, still tied model."""
-    from genrec.modeling import load_model_and_tokenizer
+    from genrec.checkpoint import load_model_and_tokenizer
 
     overrides = {**TINY, "max_steps": 2, "eval_strategy": "no", "load_best_model_at_end": False, "use_lora": True,
                  "output_dir": str(tmp_path / "ckpt")}

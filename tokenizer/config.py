@@ -74,15 +74,12 @@ class QuantizeConfig:
     )
     input: str = field(
         default="text",
-        metadata={"help": "Vectors to quantize: 'text' (the embed stage's item_emb.npy), 'fused' (train the "
-                          "sasrec-faerec baseline on the run inside this stage, early-stopped on valid, and quantize "
-                          "its fused ID/text item embeddings: collaborative-semantic SIDs) or a directory holding "
-                          "item_emb.npy + item_emb.json for every catalog item (e.g. written by `genrec baseline "
-                          "sasrec-faerec --export-embeddings DIR`; its content is part of the fingerprint)."},
-    )
-    fused_options: dict = field(
-        default_factory=dict,
-        metadata={"help": "input=fused: sasrec-faerec options that differ from its defaults, e.g. {epochs: 60}."},
+        metadata={"help": "Vectors to quantize: 'text' (the embed stage's item_emb.npy), 'fused' (the fused "
+                          "ID/text item embeddings of the sasrec-faerec baseline, exported into the run first with "
+                          "`genrec baseline sasrec-faerec --run-dir RUN --split valid --export-embeddings RUN/fused`: "
+                          "collaborative-semantic SIDs) or a directory holding item_emb.npy + item_emb.json for every "
+                          "catalog item (e.g. another --export-embeddings DIR). The vectors' content is part of the "
+                          "fingerprint."},
     )
     archetype_weight: float = field(
         default=0.0,
@@ -156,8 +153,6 @@ class QuantizeConfig:
                 raise ValueError(f"quantize.input={self.input!r}: use 'text', 'fused' or a directory holding "
                                  "item_emb.npy + item_emb.json (genrec baseline sasrec-faerec --export-embeddings DIR)")
             self.input_digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        if not isinstance(self.fused_options, dict):
-            raise ValueError(f"quantize.fused_options must be a mapping of option: value, got {self.fused_options!r}")
         if not 0.0 <= self.archetype_weight < 1.0:
             raise ValueError(f"quantize.archetype_weight={self.archetype_weight}: use a value in [0, 1)")
         if self.archetype_weight and self.input != "text":

@@ -1,16 +1,16 @@
 """The quantize stage: item_emb.npy -> sids.json, sid_report.json and the fitted quantizer.
 
 The vectors quantized are, by ``quantize.input``, the embed stage's text embeddings (optionally mixed with an
-embedding of each item's archetype, ``archetype_weight``), the fused ID/text embeddings of sasrec-faerec (trained
-here into ``fused/``, or read from a directory it exported); ``calibration: genair`` then adjusts them to the train
-split's co-interactions (`genrec.calibrate`) before the quantizer sees them.
+embedding of each item's archetype, ``archetype_weight``) or the fused ID/text embeddings the sasrec-faerec baseline
+exported (into the run's ``fused/``, or any directory); ``calibration: genair`` then adjusts them to the train
+split's co-interactions (`genrec.calibrate`) before the quantizer sees them. Like every stage, this one reads
+another's product as a file: it never trains the baseline itself.
 
 Outputs in the run directory:
 - ``sids.json``: ``{item_id: [c1, c2, c3]}``, unique per item (plain ints; token names live in genrec.sid)
 - ``sid_report.json``: items, unique SIDs, collisions before resolution, per-level usage and perplexity,
   reconstruction MSE, seconds, method
 - ``rqvae.pt`` (state dict + config) or ``rkmeans.joblib`` (the per-level scikit-learn KMeans)
-- ``fused/item_emb.npy`` + ``fused/item_emb.json`` with ``input: fused``
 
 Example:
     >>> run_quantize(Path("runs/industrial-cpu"), QuantizeConfig())  # doctest: +SKIP
@@ -94,11 +94,8 @@ def input_embeddings(run: Run, cfg: QuantizeConfig) -> tuple[list[str], np.ndarr
         text = run.item_embeddings()
         return text.item_ids, text.vectors
     if cfg.input == "fused":
-        from genrec.baselines.faerec import train_fused_embeddings
-
-        logger.info("quantize: training sasrec-faerec for fused item embeddings -> %s", run.path(FUSED))
-        train_fused_embeddings(run.root, run.path(FUSED), cfg.fused_options, seed=cfg.seed)
-        source = read_item_embeddings(run.path(FUSED) / ITEM_EMB)
+        source = run.fused_embeddings()
+        logger.info("quantize: the fused item vectors of %s (%s)", run.path(FUSED), source.recipe.get("source", "?"))
     else:
         source = read_item_embeddings(Path(cfg.input) / ITEM_EMB)
     item_ids = [str(it["item_id"]) for it in run.items()]
@@ -137,6 +134,15 @@ def with_archetypes(run: Run, item_ids: list[str], emb: np.ndarray, weight: floa
 def quantize_needs(cfg: QuantizeConfig) -> tuple[str, ...]:
     """Stages the quantize stage reads besides embed, for the pipeline's ``needs``: mine for archetypes."""
     return ("mine",) if cfg.archetype_weight else ()
+
+
+def quantize_inputs(cfg: QuantizeConfig, run_dir: Path | None) -> list[Path] | None:
+    """Files from outside the pipeline the quantize stage reads, for the pipeline's ``inputs`` (their content joins
+    the fingerprint, so re-exported vectors re-run the stage): the run's fused vectors with ``input: fused``; None
+    otherwise (a directory input's digest is already in the config, ``input_digest``)."""
+    if cfg.input != "fused" or run_dir is None:
+        return None
+    return [Run(run_dir).path(FUSED) / ITEM_EMB]
 
 
 def train_co_interactions(run: Run, item_ids: list[str], window: int | None):

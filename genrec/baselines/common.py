@@ -1,4 +1,4 @@
-"""Shared parts of the baselines: run data, train statistics, selection on valid and the output format.
+"""Shared parts of the baselines: run data, selection on valid and the output format.
 
 A baseline module provides a config dataclass ``Config`` and ``build(data, cfg, args) -> Scorer`` (``args``: the
 shared `BaselineArgs`). A scorer fits on the train split when it is built and then scores any rows:
@@ -21,8 +21,8 @@ import numpy as np
 from scipy import sparse
 from tqdm.auto import tqdm
 
-from genrec.artifacts import ITEMS, SPLIT, Run
-from genrec.evaluation import KS, ranking_metrics, write_results
+from genrec.artifacts import ITEMS, SPLIT, Run, train_sequences
+from genrec.evaluation import KS, item_counts, ranking_metrics, write_results
 
 logger = logging.getLogger(__name__)
 
@@ -104,28 +104,6 @@ def load_run(run_dir: str | Path, split: str) -> RunData:
                 raise ValueError(f"{run.path(SPLIT, split=s)} row {n}: item(s) {unknown[:3]} not in {ITEMS}; "
                                  "the run directory is inconsistent, re-run the data stage")
     return RunData(run.root, item_ids, rows["train"], rows["valid"], rows[split], split)
-
-
-def train_sequences(rows: Sequence[dict], index: dict[str, int]) -> list[list[int]]:
-    """Each user's train interactions in order: the history of the user's first row, then every row's target.
-
-    Rows of one user are prefixes of each other (history = the previous items), and within a user the file order
-    is chronological, so this counts every train interaction once instead of once per row that repeats it.
-    """
-    seqs: dict[str, list[int]] = {}
-    for r in rows:
-        user = str(r.get("user_id"))
-        if user not in seqs:
-            seqs[user] = [index[i] for i in r["history"]]
-        seqs[user].append(index[r["target"]])
-    return list(seqs.values())
-
-
-def item_counts(seqs: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
-    counts = np.zeros(n_items, dtype=np.float64)
-    for s in seqs:
-        np.add.at(counts, np.asarray(s, dtype=np.int64), 1.0)
-    return counts
 
 
 def history_matrix(rows: Sequence[dict], index: dict[str, int], decay: float, n_items: int) -> sparse.csr_matrix:

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import sparse
 
-from genrec.baselines.common import BaselineArgs, RunData, history_matrix, item_counts, train_sequences
+from genrec.artifacts import train_sequences
+from genrec.baselines.common import BaselineArgs, RunData, history_matrix
+from genrec.evaluation import item_counts
 
 
 @dataclass

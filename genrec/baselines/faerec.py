@@ -20,8 +20,9 @@ item-level alignment (symmetric InfoNCE, the two views of one item are the posit
 alignment (cross-correlation of the standardised views pushed to the identity). Curriculum: ``a`` ramps linearly
 to --item-weight over the first --item-ramp epochs; ``b`` is 0 before --feature-start and ramps to
 --feature-weight over --feature-ramp epochs. --export-embeddings DIR writes the fused vectors ``f_i`` of the best
-epoch as DIR/item_emb.npy + item_emb.json (the embed stage's format), an input of the quantize stage
-(``quantize.input: DIR``, or ``quantize.input: fused`` to train them inside the stage).
+epoch as DIR/item_emb.npy + item_emb.json (the embed stage's format), an input of the quantize stage: written to the
+run's ``fused/`` folder (with ``--split valid``, so test is never read) they are ``quantize.input: fused``; any
+other DIR is ``quantize.input: DIR``.
 
 Example:
     >>> main(["sasrec-faerec", "--run-dir", "runs/demo", "--epochs", "20"])  # doctest: +SKIP
@@ -38,11 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrec.artifacts import ITEM_EMB, ITEM_EMB_META
+from genrec.artifacts import ITEM_EMB, ITEM_EMB_META, train_sequences
 from genrec.baselines import sasrec
-from genrec.baselines.common import BaselineArgs, RunData, item_counts, load_run, train_sequences
+from genrec.baselines.common import BaselineArgs, RunData
 from genrec.baselines.knn import aligned_embeddings
-from genrec.evaluation import popularity_buckets
+from genrec.evaluation import item_counts, popularity_buckets
 from genrec.io import write_json, write_npy
 
 logger = logging.getLogger(__name__)
@@ -189,10 +190,3 @@ def export_embeddings(out_dir: Path, item_ids: list[str], vectors: np.ndarray, r
     write_npy(out_dir / ITEM_EMB, vectors.astype(np.float32))
     write_json(out_dir / ITEM_EMB_META, {"item_ids": list(item_ids), "dim": int(vectors.shape[1]), "recipe": recipe})
     logger.info("sasrec-faerec: fused embeddings (%d x %d) -> %s", *vectors.shape, out_dir)
-
-
-def train_fused_embeddings(run_dir: str | Path, out_dir: str | Path, options: dict, seed: int) -> None:
-    """Fit sasrec-faerec on a run (train; early stopping on valid; test is never read) and write its fused item
-    embeddings to `out_dir`: the quantize stage's ``input: fused``. `options`: fields of `Config` to change."""
-    cfg = Config(**{**options, "export_embeddings": str(out_dir)})
-    build(load_run(run_dir, "valid"), cfg, BaselineArgs(run_dir=str(run_dir), split="valid", seed=seed))

@@ -13,7 +13,9 @@ from typing import Literal
 
 import numpy as np
 
-from genrec.baselines.common import BaselineArgs, RunData, item_counts, train_sequences
+from genrec.artifacts import train_sequences
+from genrec.baselines.common import BaselineArgs, RunData
+from genrec.evaluation import item_counts
 
 
 @dataclass

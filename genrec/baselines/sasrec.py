@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from genrec.baselines.common import BaselineArgs, RunData, rank_rows, train_sequences
+from genrec.artifacts import train_sequences
+from genrec.baselines.common import BaselineArgs, RunData, rank_rows
 from genrec.evaluation import ranking_metrics
 
 logger = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ Example:
 import importlib
 
 _EXPORTS = {
-    "DEAD": "trie", "DONE": "trie", "SIDTrie": "trie",
-    "DecodeConfig": "beam", "Recommendation": "beam", "recommend": "beam", "trie_beam_search": "beam",
+    "DEAD": "trie", "DONE": "trie", "Recommendation": "trie", "SIDTrie": "trie",
+    "DecodeConfig": "beam", "recommend": "beam", "trie_beam_search": "beam",
     "TrieLogitsProcessor": "hf", "generation_config": "hf",
 }
 __all__ = sorted(_EXPORTS)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from genrec.decoding.trie import DEAD, SIDTrie
+from genrec.decoding.trie import DEAD, Recommendation, SIDTrie
 from genrec.head import head_transform
 from genrec.sid import sid_vocab
 
@@ -57,15 +57,6 @@ class DecodeConfig:
             raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
         if self.softmax not in SOFTMAX_MODES:
             raise ValueError(f"softmax={self.softmax!r}: use 'sid' (over SID tokens, as SFT trains) or 'full'")
-
-
-@dataclass
-class Recommendation:
-    """Top items for one prompt, best first; `invalid` counts scored beams that were not a catalog item."""
-
-    items: list[str]
-    scores: list[float]
-    invalid: int = 0
 
 
 def recommend(

@@ -19,8 +19,7 @@ from contextlib import contextmanager
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from genrec.decoding.beam import Recommendation
-from genrec.decoding.trie import DEAD, SIDTrie
+from genrec.decoding.trie import DEAD, Recommendation, SIDTrie
 
 # transformers gives the extra beams of the first step a score of -1e9 (so they copy beam 0); anything at or below
 # this threshold is such a filler or a -inf dead end, never a real hypothesis.

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,17 @@ logger = logging.getLogger(__name__)
 DEAD = -1
 DONE = -2
 _PAD = -1
+
+
+@dataclass
+class Recommendation:
+    """Top items for one prompt, best first; `invalid` counts scored beams that were not a catalog item. What every
+    search over the trie returns (genrec's beam search, the ``generate`` and vLLM adapters); it lives here, below
+    them all, so the adapters need not import the beam search that dispatches to them."""
+
+    items: list[str]
+    scores: list[float]
+    invalid: int = 0
 
 
 class SIDTrie:

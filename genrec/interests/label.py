@@ -233,7 +233,7 @@ def content_means(item_ids: list[str], item_vecs: np.ndarray, k: int) -> np.ndar
 def behavioural_labels(run: Run, index: dict[str, int], table: Table, item_vecs: np.ndarray,
                        interest_vecs: np.ndarray, cfg: LabelConfig) -> tuple[np.ndarray, np.ndarray]:
     """(margins, labels) of every interest from the train split (the only split read)."""
-    from genrec.baselines.common import train_sequences
+    from genrec.artifacts import train_sequences
 
     seqs = train_sequences(run.split("train"), index)
     evidence = rldi.behavioural_evidence(seqs, item_vecs, window=cfg.window, min_bucket=cfg.min_bucket)

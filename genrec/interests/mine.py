@@ -262,8 +262,8 @@ def _is_text(f: dataclasses.Field) -> bool:
 
 def main(argv: list[str] | None = None) -> dict:
     """`genrec mine`: run the stage on one run directory; returns the summary."""
+    from genrec.config import from_dict
     from genrec.io import load_yaml, read_yaml_mapping
-    from genrec.pipeline import from_dict
 
     args = make_parser().parse_args(argv)
     values: dict = {}

@@ -2,7 +2,7 @@
 
 The behavioural rule (train split only; vectors are L2-normalised sentence embeddings, so a dot product is a cosine):
 
-1. Sequences: each user's train interactions in order (genrec.baselines.common.train_sequences).
+1. Sequences: each user's train interactions in order (genrec.artifacts.train_sequences).
 2. Neighbours: N(i) = the multiset of items at distance 1..`window` before or after an occurrence of item i in a
    sequence, item i itself excluded (a repeat purchase says nothing about *which* interest explains it).
 3. Popularity buckets: an item's train count c >= 1 falls in bucket floor(log2 c); buckets with fewer than

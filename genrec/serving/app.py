@@ -1,5 +1,6 @@
-"""The recommendation API: pydantic request/response models, `ItemIndex` (history resolution and answers) and
-`create_app`, the FastAPI app factory. `genrec serve` (genrec.serving.server) runs it under uvicorn.
+"""The recommendation API: `create_app`, the FastAPI app factory, and its routes. `genrec serve`
+(genrec.serving.server) runs it under uvicorn. The answers and the item index are in genrec.serving.answers, errors
+and middleware in genrec.serving.middleware.
 
 Endpoints: ``POST /v1/recommend``, ``POST /v1/recommend/batch``, ``GET /v1/items/{item_id}`` (Bearer key when one is
 configured), ``GET /healthz`` (process up), ``GET /readyz`` (model loaded and a warm-up query answered; 503 before),
@@ -16,282 +17,34 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
-import re
-import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Depends, FastAPI, Path
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
-from starlette.exceptions import HTTPException
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from genrec.decoding.beam import DecodeConfig, Recommendation
+from genrec.decoding.beam import DecodeConfig
+from genrec.decoding.trie import Recommendation
+from genrec.serving.answers import (
+    BatchRecommendRequest,
+    BatchRecommendResponse,
+    ItemIndex,
+    ItemResponse,
+    RecommendRequest,
+    RecommendResponse,
+    StatusResponse,
+    check_query,
+)
 from genrec.serving.batcher import MicroBatcher, Unavailable
 from genrec.serving.config import ServeConfig, load_api_key
+from genrec.serving.middleware import ERRORS, Metrics, RequestContext, RequestError, add_error_handlers
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("genrec.serving.access")
-
-# A query's float32 scores move by 1-2 ulp with the shapes of the batch it ran in (GEMM blocking, padding): about
-# 2e-6 at |score| ~ 10, measured. Rounded to 4 decimals, batched and lone answers agree (items always; in a
-# measured 1,920 scores all but 5, where the noise straddled a rounding boundary). 6 decimals left 375 apart.
-SCORE_DECIMALS = 4
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-
-# ----------------------------------------------------------------------------- request and response models
-
-
-class RecommendRequest(BaseModel):
-    """One query: a history (oldest first) of item ids or exact titles."""
-
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"history": ["i1", "i7"], "k": 5}]})
-
-    history: list[StrictStr] = Field(
-        min_length=1, description="Items the user interacted with, oldest first: item ids, or exact titles.")
-    k: StrictInt | None = Field(
-        default=None, ge=1, description="How many items to return: 1 to the server's beam width (default 10, or "
-                                        "the beam width when smaller).")
-    exclude_history: StrictBool = Field(default=False, description="Leave the history's own items out.")
-
-
-class BatchRecommendRequest(BaseModel):
-    """Several queries in one call; each is answered as if it came alone."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    requests: list[RecommendRequest] = Field(min_length=1, description="The queries, answered in this order.")
-
-
-class RecommendedItem(BaseModel):
-    item_id: str
-    title: str
-    sid: str = Field(description="Semantic ID, e.g. <a_12><b_7><c_200>.")
-    score: float = Field(description="Log-probability of the item's SID under the model (4 decimals).")
-
-
-class RecommendResponse(BaseModel):
-    items: list[RecommendedItem] = Field(description="Best first; every one a real catalog item.")
-    k: int
-    returned: int = Field(description="len(items); fewer than k when beam search or exclusion left fewer.")
-    history: list[str] = Field(description="The history as resolved to item ids.")
-    note: str | None = Field(default=None, description="Why fewer than k items came back, when they did.")
-
-
-class BatchRecommendResponse(BaseModel):
-    results: list[RecommendResponse]
-
-
-class ItemResponse(BaseModel):
-    item_id: str
-    title: str
-    sid: str
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    request_id: str
-
-
-class StatusResponse(BaseModel):
-    status: str
-    items: int | None = None
-    backend: str | None = None
-
-
-# ----------------------------------------------------------------------------- history resolution and answers
-
-
-class RequestError(ValueError):
-    """A request the server cannot answer as sent: HTTP `status` (4xx), a message that says why, extra fields."""
-
-    def __init__(self, status: int, message: str, extra: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.extra = status, message, extra or {}
-
-
-def _shown(values: Sequence[str], n: int = 20) -> list[str]:
-    return [v if len(v) <= 80 else v[:77] + "..." for v in values[:n]]
-
-
-class ItemIndex:
-    """The catalog as the API sees it: item id -> SID string and title, exact title -> item ids.
-
-    Example:
-        >>> index = ItemIndex({"i1": "<a_1><b_1>", "i2": "<a_2><b_1>"}, {"i1": "Gloves", "i2": "Gloves"})
-        >>> index.resolve(["i1"])
-        ['i1']
-    """
-
-    def __init__(self, sids: Mapping[str, str], titles: Mapping[str, str]):
-        self.sids, self.titles = dict(sids), dict(titles)
-        self.by_title: dict[str, list[str]] = {}
-        for iid in self.sids:
-            if self.titles.get(iid):
-                self.by_title.setdefault(self.titles[iid], []).append(iid)
-
-    def resolve(self, history: Sequence[str]) -> list[str]:
-        """Item ids of a history of ids or exact titles (ids first); `RequestError` 400 names what is unknown or
-        ambiguous."""
-        ids, unknown, ambiguous = [], [], {}
-        for entry in history:
-            if entry in self.sids:
-                ids.append(entry)
-            elif len(self.by_title.get(entry, ())) == 1:
-                ids.append(self.by_title[entry][0])
-            elif entry in self.by_title:
-                ambiguous[entry] = self.by_title[entry]
-            else:
-                unknown.append(entry)
-        if unknown:
-            raise RequestError(400, f"unknown items (neither an item id nor an exact title): {_shown(unknown)}",
-                               {"unknown": _shown(unknown, 100)})
-        if ambiguous:
-            listed = "; ".join(f"{t!r} -> {ids[:10]}" for t, ids in list(ambiguous.items())[:10])
-            raise RequestError(400, f"ambiguous titles, each shared by several items; send an item id instead: "
-                               f"{listed}", {"candidates": {t: ids[:50] for t, ids in ambiguous.items()}})
-        return ids
-
-    def item(self, item_id: str) -> ItemResponse:
-        if item_id not in self.sids:
-            raise RequestError(404, f"unknown item id {_shown([item_id])[0]!r}")
-        return ItemResponse(item_id=item_id, title=self.titles.get(item_id, ""), sid=self.sids[item_id])
-
-    def answer(self, history: Sequence[str], rec: Recommendation, *, k: int, exclude_history: bool,
-               beam: int) -> RecommendResponse:
-        """The top `k` of a beam-search result, without the history's items when asked, scores rounded."""
-        drop = set(history) if exclude_history else set()
-        kept = [(i, s) for i, s in zip(rec.items, rec.scores) if i not in drop][:k]
-        items = [RecommendedItem(item_id=i, title=self.titles.get(i, ""), sid=self.sids[i],
-                                 score=round(float(s), SCORE_DECIMALS)) for i, s in kept]
-        note = None
-        if len(items) < k:
-            excluded = sum(i in drop for i in rec.items)
-            note = (f"{len(items)} of k={k}: beam search (beam {beam}) found {len(rec.items)} items"
-                    + (f", {excluded} of them in the history" if excluded else "")
-                    + ("; a larger --beam finds more" if len(rec.items) >= beam else ""))
-        return RecommendResponse(items=items, k=k, returned=len(items), history=list(history), note=note)
-
-
-def check_query(query: RecommendRequest, *, beam: int, max_history: int) -> int:
-    """The query's k after the checks that depend on the server (k within the beam, history length)."""
-    if len(query.history) > max_history:
-        raise RequestError(413, f"history has {len(query.history)} entries; this server takes at most {max_history} "
-                           "(only the latest ones shape the prompt anyway)")
-    k = min(10, beam) if query.k is None else query.k
-    if not 1 <= k <= beam:
-        raise RequestError(422, f"k={k} is outside [1, {beam}]: beam search keeps {beam} items per query; ask for "
-                           f"fewer or restart the server with --beam {k}")
-    return k
-
-
-# ----------------------------------------------------------------------------- metrics and request context
-
-
-class Metrics:
-    """Prometheus metrics of one app, in their own registry (several apps can live in one process)."""
-
-    def __init__(self):
-        self.registry = CollectorRegistry()
-        self.requests = Counter("genrec_requests", "HTTP requests by endpoint and status code",
-                                ["endpoint", "status"], registry=self.registry)
-        self.latency = Histogram("genrec_request_seconds", "Request latency by endpoint", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.batch_size = Histogram("genrec_batch_queries", "Queries per model call (micro-batch size)",
-                                    registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
-        self.batch_seconds = Histogram("genrec_batch_seconds", "Model time per micro-batch", registry=self.registry)
-        self.queue_depth = Gauge("genrec_queue_depth", "Queries waiting for the model", registry=self.registry)
-
-    def observe_batch(self, size: int, seconds: float) -> None:
-        self.batch_size.observe(size)
-        self.batch_seconds.observe(seconds)
-
-
-def _error(status: int, message: str, request_id: str, extra: dict | None = None,
-           headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "request_id": request_id, **(extra or {})}, status_code=status,
-                        headers=headers)
-
-
-def _request_id(headers: dict) -> str:
-    given = headers.get(b"x-request-id", b"").decode("latin-1")
-    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-
-
-def _content_length_error(headers: dict, limit: int) -> str | None:
-    value = headers.get(b"content-length")
-    if value is not None and not value.isdigit():
-        return f"Content-Length {value[:20].decode('latin-1')!r} is not a byte count"
-    if value is not None and int(value) > limit:
-        return f"request body is {int(value)} bytes; this server takes at most {limit} (max_body_bytes)"
-    return None
-
-
-class RequestContext:
-    """ASGI middleware around every request: a request id (``X-Request-ID``, echoed or made), the body-size cap
-    (Content-Length before anything reads the body, then the bytes actually received), the catch-all that turns an exception into a 500 without its traceback
-    (logged here), and one access-log line plus metrics per request."""
-
-    def __init__(self, app, *, metrics: Metrics, max_body_bytes: int):
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers", ()))
-        request_id = _request_id(headers)
-        scope.setdefault("state", {})["request_id"] = request_id
-        status, started, start, received = 500, False, time.perf_counter(), 0
-
-        async def counting_receive():  # a streamed (chunked) body has no Content-Length to check up front
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise HTTPException(413, f"request body over {self.max_body_bytes} bytes (max_body_bytes)")
-            return message
-
-        async def send_with_id(message):
-            nonlocal status, started
-            if message["type"] == "http.response.start":
-                started, status = True, message["status"]
-                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        try:
-            too_large = _content_length_error(headers, self.max_body_bytes)
-            if too_large:
-                await _error(413, too_large, request_id)(scope, receive, send_with_id)
-            else:
-                await self.app(scope, counting_receive, send_with_id)
-        except HTTPException as e:  # raised by counting_receive outside the routes' own error handling
-            if not started:
-                await _error(e.status_code, str(e.detail), request_id)(scope, receive, send_with_id)
-        except Exception:
-            logger.exception("request %s %s %s failed", request_id, scope["method"], scope["path"])
-            if not started:
-                await _error(500, "internal error", request_id)(scope, receive, send_with_id)
-        finally:
-            self._record(scope, request_id, status, time.perf_counter() - start)
-
-    def _record(self, scope, request_id: str, status: int, seconds: float) -> None:
-        endpoint = getattr(scope.get("route"), "path", None) or "unmatched"
-        self.metrics.requests.labels(endpoint, str(status)).inc()
-        self.metrics.latency.labels(endpoint).observe(seconds)
-        access_logger.info(json.dumps({"request_id": request_id, "method": scope["method"], "path": scope["path"],
-                                       "status": status, "ms": round(seconds * 1000, 2),
-                                       "client": (scope.get("client") or ("-",))[0]}))
-
 
 # ----------------------------------------------------------------------------- the app
 
@@ -380,7 +133,7 @@ def create_app(recommender, config: ServeConfig | None = None, decode: DecodeCon
                   "/healthz, /readyz and /metrics stay open.")
     app.state.genrec = state
     app.add_middleware(RequestContext, metrics=state.metrics, max_body_bytes=config.max_body_bytes)
-    _add_error_handlers(app, config)
+    add_error_handlers(app, config)
     api_key = load_api_key(config)
     _add_v1_routes(app, state, [Depends(_require_key(api_key))] if api_key else [])
     _add_ops_routes(app, state)
@@ -396,55 +149,6 @@ def _require_key(api_key: str):
             raise RequestError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'")
 
     return require_key
-
-
-def _rid(request: Request) -> str:
-    return request.scope.get("state", {}).get("request_id", "-")
-
-
-_PLAIN = {"extra_forbidden": "unknown field (allowed: see /openapi.json)", "missing": "required field missing"}
-
-
-def _validation_message(errors: Sequence[dict]) -> str:
-    parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        msg = _PLAIN.get(e.get("type"), e.get("msg", "invalid value"))
-        if e.get("type") == "json_invalid":
-            msg = f"not valid JSON ({e.get('ctx', {}).get('error', 'decode error')})"
-            loc = f"body (character {loc})" if loc.isdigit() else loc
-        elif e.get("type") == "model_attributes_type" and loc == "body":
-            msg = "expected a JSON object (send Content-Type: application/json)"
-        parts.append(f"{loc}: {msg}")
-    return "invalid request: " + "; ".join(parts) + (f" (and {len(errors) - 5} more)" if len(errors) > 5 else "")
-
-
-def _add_error_handlers(app: FastAPI, config: ServeConfig) -> None:
-    @app.exception_handler(RequestError)
-    async def request_error(request: Request, exc: RequestError):
-        headers = {"Retry-After": str(config.retry_after_s)} if exc.status == 503 else None
-        if exc.status == 401:
-            headers = {"WWW-Authenticate": "Bearer"}
-        return _error(exc.status, exc.message, _rid(request), exc.extra, headers)
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-                  for e in exc.errors()[:20]]
-        return _error(422, _validation_message(exc.errors()), _rid(request), {"detail": detail})
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
-        message = {404: f"no such endpoint: {request.method} {request.url.path} (see /docs)",
-                   405: f"{request.method} is not allowed on {request.url.path} (see /docs)",
-                   413: f"request body over {config.max_body_bytes} bytes (max_body_bytes)"}.get(exc.status_code)
-        return _error(exc.status_code, message or str(exc.detail), _rid(request), headers=exc.headers)
-
-
-ERRORS = {code: {"model": ErrorResponse, "description": text} for code, text in (
-    (400, "unknown or ambiguous history items"), (401, "missing or wrong API key"),
-    (413, "body, history or batch over the server's limits"), (422, "malformed request"),
-    (503, "model not ready, queue full or shutting down; honour Retry-After"))}
 
 
 def _prepare(state: ServerState, query: RecommendRequest) -> tuple[list[str], int]:

@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-from genrec.recommender import load_catalog
+from genrec.checkpoint import load_catalog
 from genrec.sid import sid_string
 
 logger = logging.getLogger(__name__)

@@ -35,6 +35,7 @@ from pathlib import Path
 import uvicorn
 from transformers import HfArgumentParser
 
+from genrec.checkpoint import has_model
 from genrec.decoding.beam import DecodeConfig
 from genrec.serving.app import create_app
 from genrec.serving.config import LOOPBACK, ServeConfig, load_api_key
@@ -59,7 +60,7 @@ def load_backend(checkpoint: str | Path, config: ServeConfig):
 
 def build_app(checkpoint: str | Path, config: ServeConfig, decode: DecodeConfig):
     """The app for a checkpoint directory; the model loads in the background once the server runs."""
-    if not (Path(checkpoint) / "config.json").is_file():
+    if not has_model(checkpoint):
         raise FileNotFoundError(f"{checkpoint} is not a model checkpoint (no config.json); pass the directory "
                                 "genrec's sft or grpo stage wrote, e.g. runs/demo/checkpoints/sft")
     if config.torch_threads:

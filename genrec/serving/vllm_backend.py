@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from genrec.decoding.beam import DecodeConfig, Recommendation
-from genrec.decoding.trie import SIDTrie
+from genrec.decoding.beam import DecodeConfig
+from genrec.decoding.trie import Recommendation, SIDTrie
 
 logger = logging.getLogger(__name__)
 

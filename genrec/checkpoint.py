@@ -1,0 +1,161 @@
+"""The checkpoint layout, written and read here only: what a genrec model directory holds.
+
+A checkpoint is a ``save_pretrained`` directory (weights, ``config.json``, tokenizer files) plus genrec's files:
+
+- ``sids.json``: item id -> SID codes, the catalog the model recommends from;
+- ``genrec.json``: how it was trained (`checkpoint_metadata`: prompt settings, precision, selection, stage extras);
+- ``catalog.jsonl``: item_id and title per item (the server shows titles);
+- ``trainer_log.json``: the trainer's log history by step (losses, rewards, selection metrics), for the report.
+
+The trainers write it (`save_checkpoint`, and `write_checkpoint_extras` beside checkpoints the trainer saves
+itself), the loader reads it (`load_model_and_tokenizer`, `load_catalog`, `trained_with`), and so do the server
+(`load_catalog`) and the report (`read_trainer_log`). Where a run keeps its checkpoints (``checkpoints/<stage>``) is
+the artifacts reader's business (`genrec.artifacts.Run.checkpoint`).
+
+Example:
+    >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids,
+    ...                 checkpoint_metadata(10, False, stage="sft"), titles=titles)  # doctest: +SKIP
+    >>> model, tok = load_model_and_tokenizer("runs/demo/checkpoints/sft")  # doctest: +SKIP
+    >>> sids, titles = load_catalog("runs/demo/checkpoints/sft")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+from genrec.artifacts import read_rows, read_sids
+from genrec.io import read_json, write_json, write_jsonl
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_CONFIG = "config.json"  # written by save_pretrained: its presence says "a model lives here"
+CHECKPOINT_SIDS = "sids.json"
+CHECKPOINT_META = "genrec.json"
+CHECKPOINT_CATALOG = "catalog.jsonl"
+CHECKPOINT_LOG = "trainer_log.json"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def checkpoint_metadata(max_history: int | None, bf16: bool, **extra) -> dict:
+    """genrec.json's content: what `trained_with` reads back (the prompt's history length, the training
+    precision) plus `extra` (stage, selection, ...)."""
+    return {"prompt": {"max_history": max_history}, "bf16": bool(bf16), **extra}
+
+
+def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | None = None,
+                    titles: dict[str, str] | None = None) -> None:
+    """save_pretrained model + tokenizer, plus sids.json, genrec.json (= extra, see `checkpoint_metadata`) and
+    catalog.jsonl (item_id, title), into out_dir atomically.
+
+    Everything is written to a temporary sibling directory that then replaces out_dir, so a killed save never
+    leaves a half-written checkpoint. Call it on the main process only.
+
+    Example:
+        >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids, {"stage": "sft"})  # doctest: +SKIP
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_checkpoint_extras(tmp, sids, extra, titles)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    logger.info("saved checkpoint to %s", out_dir)
+
+
+def write_checkpoint_extras(out_dir: Path, sids: dict, extra: dict | None = None,
+                            titles: dict[str, str] | None = None) -> None:
+    """genrec's files beside the save_pretrained ones: sids.json, genrec.json (when `extra`), catalog.jsonl (when
+    `titles`)."""
+    write_json(Path(out_dir) / CHECKPOINT_SIDS, sids)
+    if extra is not None:
+        write_json(Path(out_dir) / CHECKPOINT_META, extra)
+    if titles:
+        write_jsonl(Path(out_dir) / CHECKPOINT_CATALOG, ({"item_id": i, "title": titles.get(i, "")} for i in sids))
+
+
+def write_trainer_log(out_dir: Path, log_history: list[dict]) -> None:
+    """trainer_log.json: the trainer's ``state.log_history``."""
+    write_json(Path(out_dir) / CHECKPOINT_LOG, log_history)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def has_model(checkpoint: str | Path) -> bool:
+    """Whether a directory holds a saved model (its config.json)."""
+    return (Path(checkpoint) / CHECKPOINT_CONFIG).is_file()
+
+
+def has_sid_map(checkpoint: str | Path) -> bool:
+    """Whether a checkpoint carries its own SID map (genrec's trainers write one; a plain save_pretrained has none)."""
+    return (Path(checkpoint) / CHECKPOINT_SIDS).is_file()
+
+
+def load_model_and_tokenizer(path, torch_dtype: str = "float32"):
+    """(model, tokenizer) from a checkpoint directory written by save_checkpoint (or any save_pretrained dir).
+
+    Example:
+        >>> model, tok = load_model_and_tokenizer("runs/demo/checkpoints/sft")  # doctest: +SKIP
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genrec.modeling import DTYPES, sync_special_tokens  # torch-heavy: only when weights load
+
+    path = Path(path)
+    if not has_model(path):
+        raise FileNotFoundError(f"{path} is not a model checkpoint (no config.json); train or pass another path")
+    if torch_dtype not in DTYPES:
+        raise ValueError(f"torch_dtype={torch_dtype!r}: use one of {', '.join(DTYPES)}")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[torch_dtype])
+    sync_special_tokens(model, tok)
+    return model, tok
+
+
+def load_catalog(checkpoint: str | Path) -> tuple[dict[str, list[int]], dict[str, str]]:
+    """A checkpoint's item -> SID map and item -> title (empty without catalog.jsonl), without its weights (the
+    server validates requests with them while the model runs elsewhere)."""
+    checkpoint = Path(checkpoint)
+    if not has_sid_map(checkpoint):
+        raise FileNotFoundError(f"{checkpoint} has no {CHECKPOINT_SIDS}: it was not written by genrec's sft or "
+                                "grpo stage; pass the run's SID map (genrec evaluate --run-dir RUN does)")
+    titles = {}
+    if (checkpoint / CHECKPOINT_CATALOG).is_file():
+        titles = {str(r["item_id"]): str(r.get("title", "")) for r in read_rows(checkpoint / CHECKPOINT_CATALOG)}
+    return read_sids(checkpoint / CHECKPOINT_SIDS), titles
+
+
+class TrainedWith(NamedTuple):
+    """What inference must repeat of training: the prompt's history length (None: the whole history a row holds)
+    and the training precision (None: unknown, the hardware decides)."""
+
+    max_history: int | None
+    bf16: bool | None
+
+
+def trained_with(checkpoint: str | Path) -> TrainedWith:
+    """The settings `checkpoint_metadata` recorded in genrec.json (all None for a plain save_pretrained model)."""
+    path = Path(checkpoint) / CHECKPOINT_META
+    meta = read_json(path) if path.is_file() else {}
+    return TrainedWith((meta.get("prompt") or {}).get("max_history"), meta.get("bf16"))
+
+
+def read_trainer_log(checkpoint: str | Path) -> list[dict] | None:
+    """The trainer's log history saved with a checkpoint (losses, rewards, selection metrics), or None."""
+    path = Path(checkpoint) / CHECKPOINT_LOG
+    return read_json(path) if path.is_file() else None
