@@ -7,12 +7,14 @@ target, so a killed stage never leaves a half-written file that a resumed run wo
 from __future__ import annotations
 
 import functools
+import gzip
 import hashlib
 import json
 import os
 import re
 import tempfile
 import time
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,6 +110,39 @@ def read_text(path: str | os.PathLike, missing: str = "run the stage that writes
     except OSError as e:
         raise _os_error(path, e, missing) from None
     return _decode(data, path)
+
+
+def read_lines(path: str | os.PathLike, missing: str = "run the stage that writes it first") -> Iterator[tuple[int, str]]:
+    """(line number, text) for each non-blank line of a UTF-8 file, plain or gzipped (told by its first bytes),
+    streamed: a file of tens of GB is never held whole. Errors are one "file:line: problem; fix" line, as `read_text`.
+
+    Example:
+        >>> for lineno, line in read_lines("data/amazon/meta_Industrial.jsonl.gz", missing="check data.path"):
+        ...     pass  # doctest: +SKIP
+    """
+    path = Path(path)
+    lineno = 0
+    try:
+        with open(path, "rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as f:
+            for lineno, data in enumerate(f, 1):
+                if lineno == 1 and data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                    raise ValueError(f"{path}: not UTF-8 text (UTF-16, by its byte-order mark); save it as UTF-8")
+                try:
+                    text = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte 0x{data[e.start]:02x}); save it as "
+                                     "UTF-8") from None
+                if "\x00" in text:
+                    raise ValueError(f"{path}:{lineno}: not UTF-8 text (NUL bytes: UTF-16?); save it as UTF-8")
+                if text.strip():
+                    yield lineno, text
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}:{lineno + 1}: the gzip stream is damaged or cut short ({e or type(e).__name__}); "
+                         "download or compress the file again") from None
+    except OSError as e:
+        raise _os_error(path, e, missing) from None
 
 
 def file_sha256(path: str | os.PathLike, cache: dict | None = None) -> str:
@@ -208,14 +243,17 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def load_yaml(text: str) -> Any:
-    """Parse YAML text safely, reading ``2e-4`` as a float as YAML 1.2 does.
+    """Parse YAML text safely, reading ``2e-4`` as a float and ``2016-10-01`` as a string, as YAML 1.2 does.
 
     PyYAML follows YAML 1.1, where a float needs a dot (``2.0e-4``) and ``2e-4`` stays a string
-    that only fails later, deep inside an optimizer. Configs and ``--set`` values go through here.
+    that only fails later, deep inside an optimizer; and where an unquoted date becomes a `datetime.date`,
+    which no config option takes (``data.start`` is text). Configs and ``--set`` values go through here.
 
     Example:
         >>> load_yaml("learning_rate: 2e-4")
         {'learning_rate': 0.0002}
+        >>> load_yaml("start: 2016-10-01")
+        {'start': '2016-10-01'}
     """
     import yaml
 
@@ -229,6 +267,9 @@ def _yaml_loader():
     class Loader(yaml.SafeLoader):
         pass
 
+    timestamp = "tag:yaml.org,2002:timestamp"  # YAML 1.2 has no timestamp type: a date stays the text it is
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != timestamp]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
     # The YAML 1.1 float pattern with the dot optional; also keeps .inf/.nan and 1_000.5.
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
