@@ -70,7 +70,11 @@ def check_types(cls, values: dict, where: str, section: str | None = None) -> No
         tp = hints.get(key, Any)
         if not _matches(value, tp):
             name = f"{section}.{key}" if section else key
-            raise ValueError(f"{where}: {name}={repr(value)[:80]}: expected {_type_name(tp)}, got {json_type(value)}")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            hint = f' (YAML reads an unquoted {value} as a number: quote it, {key}: "{value}")' if (
+                number and _matches(str(value), tp)) else ""
+            raise ValueError(f"{where}: {name}={repr(value)[:80]}: expected {_type_name(tp)}, got {json_type(value)}"
+                             f"{hint}")
 
 
 def from_dict(cls, values: dict | None, where: str, section: str | None = None):
