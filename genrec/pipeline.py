@@ -209,13 +209,31 @@ def _input_digests(cfg: PipelineConfig, run_dir: Path | None) -> dict[str, list[
     return out
 
 
+def fingerprinted_config(section) -> dict:
+    """A stage config as its fingerprint sees it: every option, except those its class lists in
+    ``FINGERPRINT_WHEN_SET`` while they hold their default. Those came after runs existed and change nothing at
+    their default (e.g. the raw sources' data options), so adding one leaves existing runs' fingerprints as they were.
+
+    Example:
+        >>> "k_core" in fingerprinted_config(DataConfig()), "k_core" in fingerprinted_config(DataConfig(
+        ...     source="amazon", path="data/amazon", k_core=10))  # doctest: +SKIP
+        (False, True)
+    """
+    values = dataclasses.asdict(section)
+    defaults = {f.name: f.default for f in dataclasses.fields(section)}
+    for name in getattr(type(section), "FINGERPRINT_WHEN_SET", ()):
+        if values[name] == defaults[name]:
+            del values[name]
+    return values
+
+
 def fingerprints(cfg: PipelineConfig, run_dir: Path | None = None) -> dict[str, str]:
     """Per stage: a hash of its config, the fingerprints of the stages it needs and, for stages that read user
     files (data), those files' content; so an edited input re-runs its stage and everything downstream."""
     inputs = _input_digests(cfg, run_dir)
     out: dict[str, str] = {}
     for name in STAGES:
-        payload = {"config": dataclasses.asdict(cfg.sections[name]),
+        payload = {"config": fingerprinted_config(cfg.sections[name]),
                    "after": [out[a] for a in dependencies(cfg, name)]}
         if name in inputs:
             payload["inputs"] = inputs[name]
