@@ -1,6 +1,7 @@
-"""Datasets: the MiniOneRec layout, a generic items.jsonl + interactions.csv layout, and a synthetic catalog.
+"""Datasets: the MiniOneRec layout, a generic items.jsonl + interactions.csv layout, a synthetic catalog, and raw
+published data (Amazon Reviews 2018 / 2023 files, RecBole atomic files: genrec.sources, dispatched to from here).
 
-All three end in the same form: a catalog of items (``item_id`` as a string, ``title``, ``description``,
+All end in the same form: a catalog of items (``item_id`` as a string, ``title``, ``description``,
 ``brand``, ``categories`` and any extra fields) and rows ``{"user_id", "history", "target"}`` split into
 train / valid / test. The `data` stage writes them to ``items.jsonl`` and ``splits/{train,valid,test}.jsonl``.
 
@@ -22,7 +23,8 @@ the file, the first such line and how many (``duplicate_interactions``), since e
 is its own last history item; the same item at another time stays (a re-purchase). ``users_too_short`` counts
 users with a single interaction (no row to make), ``items_without_interactions`` the catalog items that no row
 mentions (they keep their place in the catalog). The MiniOneRec layout gives rows, not interactions: its
-``duplicate_interactions`` and ``users_too_short`` are null.
+``duplicate_interactions`` and ``users_too_short`` are null. The raw sources add ``raw``: what was read, what each
+of MiniOneRec's filters removed (interactions, users, items) and what was kept (genrec.sources.raw).
 
 Example:
     >>> ds = load_dataset(DataConfig(source="synthetic", synthetic_users=50))  # doctest: +SKIP
@@ -31,25 +33,29 @@ Example:
 
 from __future__ import annotations
 
-import ast
 import csv
+import dataclasses
 import io
 import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
+from typing import ClassVar
 
 from genrec.io import describe_value, json_type, read_jsonl_lines, read_text, write_json, write_jsonl
+from genrec.sources.amazon import RELEASES, amazon_files, load_amazon
+from genrec.sources.raw import RawOptions, day_start
+from genrec.sources.recbole import load_recbole, recbole_files
+from genrec.sources.records import NOT_A_LITERAL, Interaction, literal, make_item, parse_timestamp
 from genrec.synthetic import make_synthetic
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "valid", "test")
-TEXT_FIELDS = ("title", "description", "brand", "categories")
-Interaction = tuple[str, str, float]  # (user_id, item_id, unix seconds)
+RAW_SOURCES = ("amazon", "recbole")
+SOURCES = ("synthetic", "minionerec", "generic", *RAW_SOURCES)
 
 
 @dataclass
@@ -57,32 +63,85 @@ class DataConfig:
     source: str = field(
         default="synthetic",
         metadata={"help": "Where the data comes from: 'synthetic' (built-in demo catalog), 'minionerec' (MiniOneRec "
-                  "layout: index/<name>.item.json + split CSVs) or 'generic' (items.jsonl + interactions.csv)."},
+                  "layout: index/<name>.item.json + split CSVs), 'generic' (items.jsonl + interactions.csv), "
+                  "'amazon' (Amazon Reviews 2018 or 2023 files as published: genrec.sources.amazon) or 'recbole' "
+                  "(RecBole atomic files <name>.inter + <name>.item: genrec.sources.recbole)."},
     )
-    path: str | None = field(default=None, metadata={"help": "Dataset directory (minionerec and generic sources)."})
+    path: str | None = field(default=None, metadata={"help": "Dataset directory (every source but synthetic)."})
     name: str | None = field(
         default=None,
-        metadata={"help": "MiniOneRec dataset name, e.g. 'Industrial_and_Scientific'; None picks the only one."},
+        metadata={"help": "MiniOneRec dataset name, e.g. 'Industrial_and_Scientific'; the Amazon category of the "
+                  "file names (<name>.jsonl.gz, meta_<name>.jsonl.gz); the RecBole dataset (<name>.inter). None "
+                  "picks the only one."},
     )
     train_split: str = field(
         default="auto",
         metadata={"help": "MiniOneRec train rows: 'official' (train/*.csv), 'recovered' "
                   "(recovered_partial/<name>.train_recovered_subset.csv) or 'auto' (official when present)."},
     )
+    release: str = field(
+        default="auto",
+        metadata={"help": "amazon: the Amazon Reviews release of the files, '2018', '2023' or 'auto' (told by the "
+                  "first review's field names)."},
+    )
+    start: str | None = field(
+        default=None,
+        metadata={"help": "amazon, recbole: the first day kept, YYYY-MM-DD (UTC); earlier interactions are dropped "
+                  "(MiniOneRec's Industrial_and_Scientific: 2016-10-01)."},
+    )
+    end: str | None = field(
+        default=None,
+        metadata={"help": "amazon, recbole: the last day kept, YYYY-MM-DD (UTC); later interactions are "
+                  "dropped (MiniOneRec's Industrial_and_Scientific: 2018-11-01)."},
+    )
+    k_core: int = field(
+        default=5,
+        metadata={"help": "amazon, recbole: drop users and items with fewer interactions, again and again until "
+                  "none is left (iterated k-core, MiniOneRec: 5); 0 or 1 keeps them all."},
+    )
+    max_title_words: int = field(
+        default=20,
+        metadata={"help": "amazon, recbole: items whose title has more words are dropped before the k-core, as "
+                  "are items without a title (MiniOneRec: 20); 0: no limit."},
+    )
     max_history: int = field(default=10, metadata={"help": "Rows keep at most this many previous items."})
     synthetic_items: int = field(default=3000, metadata={"help": "Approximate catalog size of the synthetic data."})
     synthetic_users: int = field(default=4000, metadata={"help": "Number of synthetic users."})
     seed: int = field(default=0, metadata={"help": "Random seed of the synthetic generator."})
 
+    # the raw sources' options and where each applies (elsewhere it must keep its default); they are fingerprinted
+    # only when set (genrec.pipeline.fingerprinted_config), so runs of the other sources keep their fingerprints
+    RAW_OPTIONS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "release": ("amazon",), **dict.fromkeys(("start", "end", "k_core", "max_title_words"), RAW_SOURCES)}
+    FINGERPRINT_WHEN_SET: ClassVar[tuple[str, ...]] = tuple(RAW_OPTIONS)
+
     def __post_init__(self):
-        if self.source not in ("synthetic", "minionerec", "generic"):
-            raise ValueError(f"data.source={self.source!r}: use 'synthetic', 'minionerec' or 'generic'")
+        if self.source not in SOURCES:
+            raise ValueError(f"data.source={self.source!r}: use {', '.join(map(repr, SOURCES[:-1]))} or "
+                             f"{SOURCES[-1]!r}")
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.source={self.source!r} needs data.path (the dataset directory)")
         if self.train_split not in ("auto", "official", "recovered"):
             raise ValueError(f"data.train_split={self.train_split!r}: use 'auto', 'official' or 'recovered'")
         if self.max_history < 1:
             raise ValueError(f"data.max_history={self.max_history}: must be >= 1")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name, sources in self.RAW_OPTIONS.items():
+            if self.source not in sources and getattr(self, name) != defaults[name]:
+                raise ValueError(f"data.{name} applies to data.source {' or '.join(sources)} only, not "
+                                 f"{self.source!r}; remove it")
+        if self.release not in ("auto", *RELEASES):
+            raise ValueError(f"data.release={self.release!r}: use 'auto', {', '.join(map(repr, RELEASES))}")
+        options = self.raw_options()
+        if options.start is not None and options.end is not None and options.start >= options.end:
+            raise ValueError(f"data.start={self.start!r} is after data.end={self.end!r}; swap them")
+        if self.k_core < 0 or self.max_title_words < 0:
+            raise ValueError(f"data.k_core={self.k_core}, data.max_title_words={self.max_title_words}: must be >= 0")
+
+    def raw_options(self) -> RawOptions:
+        """The processing of the raw sources (genrec.sources.raw) these options ask for."""
+        return RawOptions(day_start(self.start, "data.start"), day_start(self.end, "data.end", after=True),
+                          self.k_core, self.max_title_words)
 
 
 @dataclass
@@ -92,7 +151,7 @@ class Dataset:
 
     items: list[dict]
     splits: dict[str, list[dict]]
-    changes: dict[str, int] = field(default_factory=dict)
+    changes: dict = field(default_factory=dict)
 
     def write(self, run_dir: Path) -> None:
         from genrec.artifacts import DATA_STATS, ITEMS, SPLIT
@@ -107,12 +166,10 @@ class Dataset:
         mentioned = {i for rows in self.splits.values() for r in rows for i in (*r["history"], r["target"])}
         return {"items": len(self.items), **{f"{s}_rows": len(self.splits[s]) for s in SPLITS},
                 "items_without_interactions": sum(it["item_id"] not in mentioned for it in self.items),
-                **{name: self.changes.get(name) for name in ("duplicate_interactions", "users_too_short")}}
+                **{name: self.changes.get(name) for name in ("duplicate_interactions", "users_too_short")},
+                **({"raw": self.changes["raw"]} if "raw" in self.changes else {})}
 
 
-# Latest interaction time accepted: 2100-01-01T00:00:00Z in unix seconds. Later values are nearly always
-# milliseconds or a corrupted field, and would sort those rows after every real one, into the test split.
-MAX_TIMESTAMP = 4102444800
 GENERIC_FILES = ("items.jsonl", "interactions.csv")
 _GENERIC_MISSING = ("it is an input of the generic layout: check data.path (the folder that holds items.jsonl and "
                     "interactions.csv)")
@@ -127,6 +184,13 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         ds = interaction_dataset(items, records, cfg.max_history, "synthetic data")
     elif cfg.source == "minionerec":
         ds = load_minionerec(Path(cfg.path), cfg.name, cfg.train_split)
+    elif cfg.source in RAW_SOURCES:
+        if cfg.source == "amazon":
+            raw = load_amazon(Path(cfg.path), cfg.name, cfg.release, cfg.raw_options())
+        else:
+            raw = load_recbole(Path(cfg.path), cfg.name, cfg.raw_options())
+        ds = interaction_dataset(raw.items, ((cfg.path, x) for x in raw.interactions), cfg.max_history, cfg.path)
+        ds.changes.update(raw.changes)  # its duplicates went before the k-core, with their lines named
     else:
         ds = load_generic(Path(cfg.path), cfg.max_history)
     check_splits(ds, cfg)
@@ -145,6 +209,8 @@ def input_files(cfg: DataConfig) -> list[Path]:
         return []
     if cfg.source == "generic":
         return [Path(cfg.path) / name for name in GENERIC_FILES]
+    if cfg.source in RAW_SOURCES:
+        return list((amazon_files if cfg.source == "amazon" else recbole_files)(Path(cfg.path), cfg.name))
     item_file, split_files = minionerec_files(Path(cfg.path), cfg.name, cfg.train_split)
     return [item_file, *split_files.values()]
 
@@ -157,6 +223,10 @@ def check_splits(ds: Dataset, cfg: DataConfig) -> None:
         return
     if cfg.source == "minionerec":
         fix = "that split's CSV has no rows; check data.path, data.name and data.train_split"
+    elif cfg.source in RAW_SOURCES:
+        raw = ds.changes["raw"]
+        fix = (f"the filters kept {raw['kept']} of {raw['read']} (removed: {raw['removed']}); widen data.start and "
+               "data.end, lower data.k_core or raise data.max_title_words")
     else:
         fix = ("the 8:1:1 cut by row count needs at least 10 rows (a user's k interactions give k-1 rows): add "
                "interactions, or users with two or more")
@@ -167,60 +237,6 @@ def check_splits(ds: Dataset, cfg: DataConfig) -> None:
 
 
 # ----------------------------------------------------------------------------- records: items, CSV rows
-
-
-_NOT_A_LITERAL = object()
-
-
-def _literal(text: str):
-    """ast.literal_eval, or _NOT_A_LITERAL for anything it refuses (including [[[[... and 5000-digit integers)."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return _NOT_A_LITERAL
-
-
-def _item_text(value, key: str, where: str, lists: bool = False) -> str:
-    """One text field of an item, "" when absent.
-
-    str() would turn null, {'en': 'Hammer'} or False into text that trains (and matches) as if it were real, so
-    other types are refused. description and categories also take MiniOneRec's two forms: a list of strings, or
-    the repr of a Python list (joined into one text); a title is taken as written.
-    """
-    if value is None:
-        return ""
-    if lists and isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return " ".join(value).strip()
-    if not isinstance(value, str):
-        expected = "a string or a list of strings" if lists else "a string"
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        hint = f'; quote it ("{key}": "{value}") if it really is the text' if number else ""
-        raise ValueError(f"{where}: {key} must be {expected}, got {describe_value(value)}{hint}")
-    text = value.strip()
-    if lists and text.startswith("[") and text.endswith("]"):
-        parsed = _literal(text)
-        if isinstance(parsed, list):
-            return " ".join(str(v) for v in parsed).strip()
-    return text
-
-
-def _make_item(item_id: str, record, where: str) -> dict:
-    """A catalog entry: a title (plain non-empty text), the other text fields checked, extra fields kept."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: item {item_id!r} must be an object with a title, got {json_type(record)}")
-    title = _item_text(record.get("title"), "title", where)
-    if not title:
-        raise ValueError(f"{where}: item {item_id!r} has an empty title; every item needs a title (fix or drop it)")
-    item = {k: v for k, v in record.items() if k not in TEXT_FIELDS and k != "item_id"}
-    item.update({"item_id": item_id, "title": title})
-    for key in ("description", "brand", "categories"):
-        item[key] = _item_text(record.get(key), key, where, lists=key != "brand")
-    try:  # JSON escapes can spell lone surrogates ("\ud800"), which no UTF-8 file can hold: catch them before writing
-        json.dumps(item, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError(f"{where}: item {item_id!r} holds a lone surrogate escape such as \\ud800 (not valid "
-                         "Unicode); fix that escape") from None
-    return item
 
 
 def _csv_records(path: Path, required: tuple[str, ...], missing: str) -> Iterator[tuple[str, dict]]:
@@ -330,13 +346,13 @@ def read_minionerec_items(path: Path) -> list[dict]:
             problem = "duplicate item id" if iid else "empty item id"
             raise ValueError(f"{where}: {problem}; item ids must be unique and non-empty")
         seen.add(iid)
-        items.append(_make_item(iid, record, where))
+        items.append(make_item(iid, record, where))
     return items
 
 
 def _parse_id_list(text: str, where: str) -> list[str]:
-    value = _literal(text) if text.strip() else []
-    if value is _NOT_A_LITERAL:
+    value = literal(text) if text.strip() else []
+    if value is NOT_A_LITERAL:
         raise ValueError(f"{where}: history_item_id {text[:60]!r} is not a list like [1, 2, 3]")
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{where}: history_item_id must be a list, got {text[:60]!r}")
@@ -386,30 +402,10 @@ def read_generic_items(path: Path) -> list[dict]:
         if iid in first_line:
             raise ValueError(f"{where}: duplicate item_id {iid!r} (first seen on line {first_line[iid]})")
         first_line[iid] = lineno
-        items.append(_make_item(iid, rec, where))
+        items.append(make_item(iid, rec, where))
     if not items:
         raise ValueError(f"{path}: no items")
     return items
-
-
-def parse_timestamp(value: str, where: str) -> float:
-    """Unix seconds (int or float) or an ISO-8601 date/time, between 1970 and 2100 (see MAX_TIMESTAMP)."""
-    text, hint = str(value).strip(), ""
-    try:
-        ts = float(text)
-        if MAX_TIMESTAMP < ts <= MAX_TIMESTAMP * 1000:
-            hint = "; it looks like milliseconds: divide by 1000"
-    except ValueError:
-        try:
-            ts = datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-        except (ValueError, OverflowError, OSError):
-            raise ValueError(
-                f"{where}: timestamp {text!r} is neither unix seconds nor an ISO date like 2018-03-01T12:00:00"
-            ) from None
-    if not 0 <= ts <= MAX_TIMESTAMP:  # also refuses nan
-        raise ValueError(f"{where}: timestamp {text!r} is out of range: use unix seconds from 0 (1970-01-01) to "
-                         f"{MAX_TIMESTAMP} (2100-01-01), or an ISO date in those years{hint}")
-    return ts
 
 
 def read_interactions(path: Path, known: set[str]) -> Iterator[tuple[str, Interaction]]:

@@ -24,7 +24,9 @@ LAYERS = [
     ("model and results", ["genrec.modeling", "genrec.describe", "genrec.checkpoint", "genrec.evaluation",
                            "genrec.report", "genrec.plots"]),
     # interests.schema is the format of interests.jsonl, which the artifacts reader reads: it sits with artifacts
-    ("stages", ["genrec.data", "genrec.encoders", "genrec.tokenizer", "genrec.calibrate", "genrec.interests"]),
+    # genrec.sources: the raw-data loaders genrec.data dispatches to (and the record checks data shares with them)
+    ("stages", ["genrec.data", "genrec.sources", "genrec.encoders", "genrec.tokenizer", "genrec.calibrate",
+                "genrec.interests"]),
     ("run files, decoding, rewards", ["genrec.artifacts", "genrec.interests.schema", "genrec.decoding",
                                       "genrec.rewards"]),
     ("bottom", ["genrec.io", "genrec.sid", "genrec.tasks", "genrec.precision", "genrec.head", "genrec.synthetic",
