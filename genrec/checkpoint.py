@@ -5,11 +5,13 @@ A checkpoint is a ``save_pretrained`` directory (weights, ``config.json``, token
 - ``sids.json``: item id -> SID codes, the catalog the model recommends from;
 - ``genrec.json``: how it was trained (`checkpoint_metadata`: prompt settings, precision, selection, stage extras);
 - ``catalog.jsonl``: item_id and title per item (the server shows titles);
-- ``trainer_log.json``: the trainer's log history by step (losses, rewards, selection metrics), for the report.
+- ``trainer_log.json``: the trainer's log history by step (losses, rewards, selection metrics), for the report;
+- ``interests.json`` + ``interest_vectors.npy``: each item's positive interests and their embeddings
+  (`genrec.explain.ItemInterests`), when the run had interests: what explanations are made of.
 
 The trainers write it (`save_checkpoint`, and `write_checkpoint_extras` beside checkpoints the trainer saves
-itself), the loader reads it (`load_model_and_tokenizer`, `load_catalog`, `trained_with`), and so do the server
-(`load_catalog`) and the report (`read_trainer_log`). Where a run keeps its checkpoints (``checkpoints/<stage>``) is
+itself), the loader reads it (`load_model_and_tokenizer`, `load_catalog`, `trained_with`, `load_item_interests`),
+and so do the server (`load_catalog`, `load_item_interests`) and the report (`read_trainer_log`). Where a run keeps its checkpoints (``checkpoints/<stage>``) is
 the artifacts reader's business (`genrec.artifacts.Run.checkpoint`).
 
 Example:
@@ -27,8 +29,11 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
+
 from genrec.artifacts import read_rows, read_sids
-from genrec.io import read_json, write_json, write_jsonl
+from genrec.explain import ItemInterests, unit_rows
+from genrec.io import read_json, write_json, write_jsonl, write_npy
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,8 @@ CHECKPOINT_SIDS = "sids.json"
 CHECKPOINT_META = "genrec.json"
 CHECKPOINT_CATALOG = "catalog.jsonl"
 CHECKPOINT_LOG = "trainer_log.json"
+CHECKPOINT_INTERESTS = "interests.json"
+CHECKPOINT_INTEREST_VECTORS = "interest_vectors.npy"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -49,9 +56,9 @@ def checkpoint_metadata(max_history: int | None, bf16: bool, **extra) -> dict:
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | None = None,
-                    titles: dict[str, str] | None = None) -> None:
-    """save_pretrained model + tokenizer, plus sids.json, genrec.json (= extra, see `checkpoint_metadata`) and
-    catalog.jsonl (item_id, title), into out_dir atomically.
+                    titles: dict[str, str] | None = None, interests: ItemInterests | None = None) -> None:
+    """save_pretrained model + tokenizer, plus sids.json, genrec.json (= extra, see `checkpoint_metadata`),
+    catalog.jsonl (item_id, title) and the items' interests (when given), into out_dir atomically.
 
     Everything is written to a temporary sibling directory that then replaces out_dir, so a killed save never
     leaves a half-written checkpoint. Call it on the main process only.
@@ -67,7 +74,7 @@ def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | N
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_checkpoint_extras(tmp, sids, extra, titles)
+        write_checkpoint_extras(tmp, sids, extra, titles, interests)
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
@@ -78,14 +85,18 @@ def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | N
 
 
 def write_checkpoint_extras(out_dir: Path, sids: dict, extra: dict | None = None,
-                            titles: dict[str, str] | None = None) -> None:
+                            titles: dict[str, str] | None = None, interests: ItemInterests | None = None) -> None:
     """genrec's files beside the save_pretrained ones: sids.json, genrec.json (when `extra`), catalog.jsonl (when
-    `titles`)."""
+    `titles`), interests.json and interest_vectors.npy (when `interests`; float16, which halves them)."""
     write_json(Path(out_dir) / CHECKPOINT_SIDS, sids)
     if extra is not None:
         write_json(Path(out_dir) / CHECKPOINT_META, extra)
     if titles:
         write_jsonl(Path(out_dir) / CHECKPOINT_CATALOG, ({"item_id": i, "title": titles.get(i, "")} for i in sids))
+    if interests is not None:
+        write_npy(Path(out_dir) / CHECKPOINT_INTEREST_VECTORS, interests.vectors.astype(np.float16))
+        write_json(Path(out_dir) / CHECKPOINT_INTERESTS, {"texts": interests.texts, "items": interests.items},
+                   indent=None)
 
 
 def write_trainer_log(out_dir: Path, log_history: list[dict]) -> None:
@@ -138,6 +149,27 @@ def load_catalog(checkpoint: str | Path) -> tuple[dict[str, list[int]], dict[str
     if (checkpoint / CHECKPOINT_CATALOG).is_file():
         titles = {str(r["item_id"]): str(r.get("title", "")) for r in read_rows(checkpoint / CHECKPOINT_CATALOG)}
     return read_sids(checkpoint / CHECKPOINT_SIDS), titles
+
+
+def load_item_interests(checkpoint: str | Path) -> ItemInterests | None:
+    """The items' interests and their embeddings saved with a checkpoint (explanations), or None when it has none
+    (its run had no interests, or it was trained before genrec saved them).
+
+    Example:
+        >>> load_item_interests("runs/demo/checkpoints/sft").explain(["0", "1"], ["24"])  # doctest: +SKIP
+    """
+    path, vectors_path = Path(checkpoint) / CHECKPOINT_INTERESTS, Path(checkpoint) / CHECKPOINT_INTEREST_VECTORS
+    if not path.is_file():
+        return None
+    raw = read_json(path)
+    fix = "delete it and re-run the training stage that wrote the checkpoint"
+    if not isinstance(raw, dict) or not isinstance(raw.get("texts"), list) or not isinstance(raw.get("items"), dict):
+        raise ValueError(f"{path}: expected {{'texts': [...], 'items': {{item_id: [rows]}}}}; {fix}")
+    try:
+        vectors = np.load(vectors_path)
+        return ItemInterests(raw["texts"], unit_rows(vectors), {str(k): list(v) for k, v in raw["items"].items()})
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"{path} and {vectors_path.name} do not fit together ({e}); {fix}") from None
 
 
 class TrainedWith(NamedTuple):

@@ -1,7 +1,7 @@
 """`GenrecClient`, the Python client of `genrec serve`, and `genrec recommend`, its command line.
 
-    genrec recommend --server http://127.0.0.1:8000 --history 12 40 [--k 10] [--exclude-history] [--json]
-    genrec recommend --checkpoint runs/demo/checkpoints/sft --history 12 40 [--k 10] [--beam 20]
+    genrec recommend --server http://127.0.0.1:8000 --history 12 40 [--k 10] [--exclude-history] [--explain] [--json]
+    genrec recommend --checkpoint runs/demo/checkpoints/sft --history 12 40 [--k 10] [--beam 20] [--explain]
 
 With ``--server`` the answer comes from a running server (API key, when it has one, from the environment variable
 named by ``--api-key-env``, default GENREC_API_KEY, or from ``--api-key-file``). With ``--checkpoint`` the model
@@ -109,15 +109,16 @@ class GenrecClient:
         raise ServerError(f"{response.status_code} from {self.base_url}{path}: {_message(response)} "
                           f"(request {request_id})")
 
-    def recommend(self, history: Sequence[str], k: int = 10, exclude_history: bool = False) -> dict:
-        """The server's answer for one history: ``{"items": [{item_id, title, sid, score}], "returned", ...}``."""
-        return self._json("POST", "/v1/recommend",
-                          {"history": list(history), "k": k, "exclude_history": exclude_history})
+    def recommend(self, history: Sequence[str], k: int = 10, exclude_history: bool = False,
+                  explain: bool = False) -> dict:
+        """The server's answer for one history: ``{"items": [{item_id, title, sid, score}], "returned", ...}``;
+        with `explain`, each item also has its ``explanation`` (interests that connect it to the history)."""
+        return self._json("POST", "/v1/recommend", _query(history, k, exclude_history, explain))
 
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int = 10,
-                        exclude_history: bool = False) -> list[dict]:
+                        exclude_history: bool = False, explain: bool = False) -> list[dict]:
         """One answer per history, in order, from one request."""
-        queries = [{"history": list(h), "k": k, "exclude_history": exclude_history} for h in histories]
+        queries = [_query(h, k, exclude_history, explain) for h in histories]
         return self._json("POST", "/v1/recommend/batch", {"requests": queries})["results"]
 
     def item(self, item_id: str) -> dict:
@@ -130,6 +131,12 @@ class GenrecClient:
             return self._http.get("/readyz").status_code == 200
         except httpx.TransportError:
             return False
+
+
+def _query(history: Sequence[str], k: int, exclude_history: bool, explain: bool) -> dict:
+    """A request body; ``explain`` only when asked, so a server from before explanations still takes it."""
+    body = {"history": list(history), "k": k, "exclude_history": exclude_history}
+    return {**body, "explain": True} if explain else body
 
 
 def _body(response: httpx.Response) -> dict:
@@ -148,32 +155,38 @@ def _message(response: httpx.Response) -> str:
 
 
 def format_answer(answer: dict) -> str:
-    """A recommendation answer (server JSON or in-process) as a small table."""
+    """A recommendation answer (server JSON or in-process) as a small table; an item's explanation, when the answer
+    has one, on the lines below it."""
     rows = [("rank", "score", "item_id", "sid", "title")]
     rows += [(str(n), f"{it['score']:.4f}", it["item_id"], it["sid"], it["title"])
              for n, it in enumerate(answer["items"], 1)]
     widths = [max(len(r[c]) for r in rows) for c in range(4)]
     lines = ["  ".join(r[c].ljust(widths[c]) for c in range(4)) + "  " + r[4] for r in rows]
-    if answer.get("note"):
-        lines.append(f"note: {answer['note']}")
+    for n, item in reversed(list(enumerate(answer["items"], 1))):
+        lines[n + 1:n + 1] = [f"{'':{widths[0]}}  why: {m['interest']!r} ~ {m['history_interest']!r} (history item "
+                              f"{m['history_item']}) {m['score']:.2f}" for m in item.get("explanation") or []]
+    for key in ("note", "explanation_note"):
+        if answer.get(key):
+            lines.append(f"note: {answer[key]}")
     return "\n".join(line.rstrip() for line in lines)
 
 
 def recommend_in_process(recommender, history: Sequence[str], *, k: int, exclude_history: bool = False,
-                         decode=None) -> dict:
-    """The answer the server would give, computed with a `Recommender` in this process (same resolution, checks
-    and formatting as `genrec.serving.answers`)."""
+                         explain: bool = False, decode=None) -> dict:
+    """The answer the server would give, computed with a `Recommender` in this process (same resolution, checks,
+    explanations and formatting as `genrec.serving.answers`)."""
     from genrec.decoding.beam import DecodeConfig
     from genrec.serving.answers import ItemIndex, RecommendRequest, check_query
     from genrec.serving.config import ServeConfig
 
     decode = decode or DecodeConfig()
-    index = ItemIndex(recommender.sid_strings, recommender.titles)
-    query = RecommendRequest(history=list(history), k=k, exclude_history=exclude_history)
+    index = ItemIndex(recommender.sid_strings, recommender.titles, getattr(recommender, "interests", None))
+    query = RecommendRequest(history=list(history), k=k, exclude_history=exclude_history, explain=explain)
     k = check_query(query, beam=decode.beam, max_history=ServeConfig().max_history)
     ids = index.resolve(query.history)
     (result,) = recommender.recommend([ids], decode, k=decode.beam)
-    return index.answer(ids, result, k=k, exclude_history=exclude_history, beam=decode.beam).model_dump()
+    return index.answer(ids, result, k=k, exclude_history=exclude_history, beam=decode.beam,
+                        explain=explain).model_dump()
 
 
 @dataclass
@@ -185,6 +198,9 @@ class RecommendArgs:
     )
     k: int = field(default=10, metadata={"help": "How many items (at most --beam)."})
     exclude_history: bool = field(default=False, metadata={"help": "Leave the history's own items out."})
+    explain: bool = field(
+        default=False, metadata={"help": "Say why: each item's interests closest to the history items' interests."}
+    )
     json: bool = field(default=False, metadata={"help": "Print the JSON answer instead of a table."})
     api_key_env: str = field(default="GENREC_API_KEY", metadata={"help": "Environment variable with the API key."})
     api_key_file: str | None = field(default=None, metadata={"help": "File with the API key."})
@@ -220,13 +236,14 @@ def main(argv: list[str] | None = None) -> dict:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP call would drown the table
     if args.server:
         with GenrecClient(args.server, args.api_key(), timeout=args.timeout) as client:
-            answer = client.recommend(args.history, k=args.k, exclude_history=args.exclude_history)
+            answer = client.recommend(args.history, k=args.k, exclude_history=args.exclude_history,
+                                      explain=args.explain)
     else:
         from genrec.recommender import load_recommender
 
         recommender = load_recommender(args.checkpoint, device=args.device)
         answer = recommend_in_process(recommender, args.history, k=args.k, exclude_history=args.exclude_history,
-                                      decode=decode)
+                                      explain=args.explain, decode=decode)
     print(json.dumps(answer, indent=2) if args.json else format_answer(answer))
     return answer
 

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from genrec.training import (
     TimeBudgetCallback,
     TrainingOptions,
     TrainingStageConfig,
+    explanation_interests,
     find_resume_checkpoint,
     parse_yaml_config,
     prepare_resume,
@@ -348,7 +350,8 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
                 (time.time() - began) / 60, training_args.metric_for_best_model, trainer.state.best_metric,
                 trainer.state.best_global_step)
     save_final(trainer, args.final_dir, sids=start.sids, titles=start.titles, max_history=start.max_history,
-               stage="grpo", rewards=args.rewards, rollout=args.rollout, started_from=str(args.start_dir))
+               stage="grpo", interests=functools.partial(explanation_interests, run, list(start.sids)),
+               rewards=args.rewards, rollout=args.rollout, started_from=str(args.start_dir))
     return args.final_dir
 
 

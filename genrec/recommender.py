@@ -24,9 +24,10 @@ from pathlib import Path
 
 import torch
 
-from genrec.checkpoint import has_sid_map, load_catalog, load_model_and_tokenizer, trained_with
+from genrec.checkpoint import has_sid_map, load_catalog, load_item_interests, load_model_and_tokenizer, trained_with
 from genrec.decoding.beam import DecodeConfig, recommend
 from genrec.decoding.trie import Recommendation, SIDTrie
+from genrec.explain import ItemInterests
 from genrec.precision import native_bf16, resolve_bf16
 from genrec.sid import sid_string, sid_tokens
 from genrec.tasks import encode_prompt, next_item_prompt
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 class Recommender:
     """A model ready to recommend. `max_history` is the prompt length it was trained with (None: the whole history
     a row holds); `bf16` its training precision (None: unknown, decided by the hardware); `titles` item -> title
-    (optional; the server shows them)."""
+    and `interests` the items' embedded interests (both optional; the server shows titles and explains with
+    interests)."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -46,6 +48,7 @@ class Recommender:
     bf16: bool | None = None
     titles: dict[str, str] = field(default_factory=dict)
     trie: SIDTrie | None = None
+    interests: ItemInterests | None = None
 
     def __post_init__(self):
         self.sid_strings = {iid: sid_string(codes) for iid, codes in self.sids.items()}
@@ -99,7 +102,8 @@ class Recommender:
 def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype: str = "float32",
                      sids: dict[str, list[int]] | None = None) -> Recommender:
     """A trained checkpoint ready to recommend: model (on `device`, default cuda when available), tokenizer, trie,
-    catalog titles and the prompt settings it was trained with.
+    catalog titles, the items' interests (explanations; None when the checkpoint has none) and the prompt settings
+    it was trained with.
 
     `sids` replaces the checkpoint's own sids.json (for a plain ``save_pretrained`` model that has none).
 
@@ -114,4 +118,5 @@ def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     logger.info("loaded %s on %s (%d items, max_history %s)", checkpoint, device, len(sids), trained.max_history)
-    return Recommender(model, tokenizer, sids, max_history=trained.max_history, bf16=trained.bf16, titles=titles)
+    return Recommender(model, tokenizer, sids, max_history=trained.max_history, bf16=trained.bf16, titles=titles,
+                       interests=load_item_interests(checkpoint))

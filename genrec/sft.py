@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -53,6 +54,7 @@ from genrec.training import (
     TimeBudgetCallback,
     TrainingOptions,
     TrainingStageConfig,
+    explanation_interests,
     find_resume_checkpoint,
     parse_yaml_config,
     prepare_resume,
@@ -279,7 +281,7 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
                 (time.time() - start) / 60, training_args.metric_for_best_model, trainer.state.best_metric,
                 trainer.state.best_global_step)
     save_final(trainer, args.final_dir, sids=sids, titles=catalog.titles, max_history=args.max_history, stage="sft",
-               sid_softmax=args.sid_softmax)
+               interests=functools.partial(explanation_interests, run, list(sids)), sid_softmax=args.sid_softmax)
     return args.final_dir
 
 

@@ -9,7 +9,8 @@ final save. The trainers import from here, never from each other.
   ``resume_from_checkpoint: auto``, discards checkpoints made from another configuration or other run inputs;
   `find_resume_checkpoint` then picks the latest with transformers' `get_last_checkpoint`.
 - `TimeBudgetCallback` stops training (after an evaluation and a save) when the budget is used up.
-- `save_final` writes the selected model with its tokenizer, SID map, catalog and how it was trained.
+- `save_final` writes the selected model with its tokenizer, SID map, catalog, how it was trained and, when the run
+  has interests, the items' embedded interests that explanations are made of (`explanation_interests`).
 
 Example:
     >>> prepare_resume(run_signature([args, training_args], run.root, ["sids.json"]), training_args)  # doctest: +SKIP
@@ -25,15 +26,17 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
+from genrec.artifacts import INTERESTS, Run
 from genrec.checkpoint import checkpoint_metadata, save_checkpoint, write_checkpoint_extras, write_trainer_log
 from genrec.decoding.beam import DecodeConfig
+from genrec.explain import ItemInterests
 from genrec.io import write_json
 from genrec.precision import describe_device
 from genrec.recommender import Recommender
@@ -205,26 +208,44 @@ class TimeBudgetCallback(TrainerCallback):
 # ----------------------------------------------------------------------------- final model
 
 
+def explanation_interests(run: Run, item_ids: Sequence[str]) -> ItemInterests | None:
+    """The items' positive interests embedded with the default encoder (bundled MiniLM), for the checkpoint's
+    explanations (genrec.explain); None when the run has no interests.jsonl (no mine stage)."""
+    from genrec.encoders import EmbedConfig, load_encoder
+    from genrec.interests.schema import positive_interests
+
+    if not run.exists(INTERESTS):
+        logger.info("no %s in %s: the checkpoint carries no interests, so it cannot explain", INTERESTS, run.root)
+        return None
+    positives = positive_interests(run.interests())
+    interests = ItemInterests.build({iid: positives.get(iid, []) for iid in item_ids},
+                                    load_encoder(EmbedConfig()).encode)
+    logger.info("explanations: %d interests of %d items embedded", len(interests.texts), len(interests))
+    return interests
+
+
 def save_final(trainer, out_dir: Path, *, sids: dict, titles: dict[str, str], max_history: int | None, stage: str,
-               **extra) -> None:
+               interests: Callable[[], ItemInterests | None] | None = None, **extra) -> None:
     """The (best, when selection ran) model with tokenizer, SID map, catalog titles and how it was trained
-    (genrec.json: prompt settings, precision, selection, `extra`) into `out_dir`; LoRA adapters are merged."""
+    (genrec.json: prompt settings, precision, selection, `extra`) into `out_dir`; LoRA adapters are merged.
+    `interests` returns the items' embedded interests (`explanation_interests`); it runs on the main process only."""
     state = trainer.state
     meta = checkpoint_metadata(
         max_history, bool(trainer.args.bf16), stage=stage, metric=trainer.args.metric_for_best_model,
         best_metric=state.best_metric, best_step=state.best_global_step, global_step=state.global_step,
         best_checkpoint=state.best_model_checkpoint, trained_on=describe_device(trainer.args.device), **extra)
+    embedded = interests() if interests is not None and trainer.is_world_process_zero() else None
     if trainer.is_deepspeed_enabled:  # ZeRO-3 weights are sharded: let the trainer gather them
         trainer.save_model(str(out_dir))
         if trainer.is_world_process_zero():
-            write_checkpoint_extras(out_dir, sids, meta, titles)
+            write_checkpoint_extras(out_dir, sids, meta, titles, embedded)
     else:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             model = trainer.accelerator.unwrap_model(trainer.model)
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()
-            save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles)
+            save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles, interests=embedded)
     if trainer.is_world_process_zero():
         write_trainer_log(out_dir, state.log_history)
 

@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+from fake_interests import tiny_interests
 from test_serving import DECODE, SIDS, TITLES, tiny_model_and_tokenizer, wait_until
 
 from genrec.checkpoint import checkpoint_metadata, save_checkpoint
@@ -19,7 +20,8 @@ from genrec.serving.server import serve_in_thread
 
 def write_checkpoint(path) -> None:
     model, tokenizer = tiny_model_and_tokenizer()
-    save_checkpoint(model, tokenizer, path, SIDS, checkpoint_metadata(None, False, stage="sft"), titles=TITLES)
+    save_checkpoint(model, tokenizer, path, SIDS, checkpoint_metadata(None, False, stage="sft"), titles=TITLES,
+                    interests=tiny_interests(SIDS))
 
 
 def scripted(responses):
@@ -112,6 +114,19 @@ def test_recommend_cli_prints_the_same_table_from_a_checkpoint_or_a_server(check
     assert len(table.splitlines()) == 5 and offline["items"][0]["item_id"] in table
     main(["--checkpoint", str(checkpoint), "--json", *args])
     assert json.loads(capsys.readouterr().out) == offline
+
+
+def test_recommend_cli_explains_from_a_checkpoint_or_a_server(checkpoint, server, capsys):
+    args = ["--history", "i1", "i2", "--k", "3", "--beam", str(DECODE.beam), "--explain"]
+    offline = main(["--checkpoint", str(checkpoint), *args])
+    table = capsys.readouterr().out
+    online = main(["--server", server.url, *args])
+    assert capsys.readouterr().out == table and online == offline
+    assert all(item["explanation"] for item in offline["items"])
+    assert table.count("  why: ") == sum(len(item["explanation"]) for item in offline["items"])
+    with GenrecClient(server.url) as client:
+        assert client.recommend(["i1", "i2"], k=3, explain=True) == online
+        assert client.recommend_batch([["i1", "i2"]], k=3, explain=True) == [online]
 
 
 def test_recommend_cli_needs_exactly_one_source(checkpoint):

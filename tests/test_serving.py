@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 import torch
+from fake_interests import tiny_interests
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -48,7 +49,7 @@ def tiny_model_and_tokenizer(sids=SIDS, *, hidden: int = 32, layers: int = 1, se
 
 def tiny_recommender() -> Recommender:
     model, tokenizer = tiny_model_and_tokenizer()
-    return Recommender(model, tokenizer, SIDS, bf16=False, titles=TITLES)
+    return Recommender(model, tokenizer, SIDS, bf16=False, titles=TITLES, interests=tiny_interests(SIDS))
 
 
 class FakeRecommender:
@@ -101,7 +102,7 @@ def live(recommender):
     sizes = []
 
     class Recording:
-        sid_strings, titles = recommender.sid_strings, recommender.titles
+        sid_strings, titles, interests = recommender.sid_strings, recommender.titles, recommender.interests
 
         def recommend(self, histories, decode=None, *, k=None):
             sizes.append(len(histories))
@@ -157,6 +158,7 @@ BAD_REQUESTS = [
     ({"history": [1, 2]}, 422, ["history.0", "valid string"]),  # ids must be strings
     ({"history": ["i1"], "k": "5"}, 422, ["k", "valid integer"]),  # no silent coercion
     ({"history": ["i1"], "user": "u1"}, 422, ["user", "unknown field"]),  # extra="forbid"
+    ({"history": ["i1"], "explain": "yes"}, 422, ["explain", "valid boolean"]),  # a flag is a JSON boolean
     ({"k": 3}, 422, ["history", "required"]),  # missing field
     (b"{not json", 422, ["not valid JSON"]),  # broken JSON
     (b"[1, 2, 3]", 422, ["expected a JSON object"]),  # JSON but not an object
@@ -501,12 +503,13 @@ def test_engine_process_answers_like_the_in_process_model(tmp_path):
     from genrec.serving.engine import ProcessRecommender
 
     model, tokenizer = tiny_model_and_tokenizer()
-    save_checkpoint(model, tokenizer, tmp_path / "ckpt", SIDS, checkpoint_metadata(None, False), titles=TITLES)
+    save_checkpoint(model, tokenizer, tmp_path / "ckpt", SIDS, checkpoint_metadata(None, False), titles=TITLES,
+                    interests=tiny_interests(SIDS))
     histories = [["i1", "i2"], ["i3"], ["i4", "i5", "i6"]]
     expected = load_recommender(tmp_path / "ckpt", device="cpu").recommend(histories, DECODE, k=5)
     engine = ProcessRecommender(tmp_path / "ckpt", device="cpu", threads=1)
     try:
-        assert engine.titles == TITLES and set(engine.sid_strings) == set(SIDS)
+        assert engine.titles == TITLES and set(engine.sid_strings) == set(SIDS) and len(engine.interests) == len(SIDS)
         answers = engine.recommend(histories, DECODE, k=5)
         assert [a.items for a in answers] == [e.items for e in expected]
         for a, e in zip(answers, expected, strict=True):

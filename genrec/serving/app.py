@@ -11,6 +11,8 @@ Example:
     >>> app = create_app(recommender, ServeConfig(), DecodeConfig(beam=20))  # doctest: +SKIP
     >>> TestClient(app).post("/v1/recommend", json={"history": ["i1", "i7"], "k": 5}).json()  # doctest: +SKIP
     {'items': [{'item_id': 'i3', 'title': '...', 'sid': '<a_1><b_2><c_3>', 'score': -0.41}, ...], ...}
+    >>> TestClient(app).post("/v1/recommend", json={"history": ["i1"], "explain": True}).json()  # doctest: +SKIP
+    {'items': [{..., 'explanation': [{'interest': 'lab safety', 'score': 0.81, 'history_item': 'i1', ...}]}, ...]}
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ class ServerState:
         try:
             if self.recommender is None:
                 self.recommender = await self.batcher.run_in_worker(self.loader)
-            self.index = ItemIndex(self.recommender.sid_strings, self.recommender.titles)
+            self.index = ItemIndex(self.recommender.sid_strings, self.recommender.titles,
+                                   getattr(self.recommender, "interests", None))
             if not self.index.sids:
                 raise ValueError("the model's SID map is empty: nothing to recommend")
             self.status = "warming up"
@@ -161,11 +164,13 @@ def _add_v1_routes(app: FastAPI, state: ServerState, auth: list) -> None:
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=auth, responses=ERRORS)
     async def recommend(query: RecommendRequest) -> RecommendResponse:
-        """Top-k next items for one history (trie-constrained beam search, micro-batched with other requests)."""
+        """Top-k next items for one history (trie-constrained beam search, micro-batched with other requests);
+        with explain: true, each item's interests that connect it to the history."""
         state.ensure_ready()
         history, k = _prepare(state, query)
         (rec,) = await state.submit([history])
-        return state.index.answer(history, rec, k=k, exclude_history=query.exclude_history, beam=beam)
+        return state.index.answer(history, rec, k=k, exclude_history=query.exclude_history, beam=beam,
+                                  explain=query.explain)
 
     @app.post("/v1/recommend/batch", response_model=BatchRecommendResponse, dependencies=auth, responses=ERRORS)
     async def recommend_batch(batch: BatchRecommendRequest) -> BatchRecommendResponse:
@@ -183,7 +188,8 @@ def _add_v1_routes(app: FastAPI, state: ServerState, auth: list) -> None:
                 raise RequestError(e.status, f"requests[{n}]: {e.message}", e.extra) from None
         recs = await state.submit([history for history, _ in prepared])
         return BatchRecommendResponse(results=[
-            state.index.answer(history, rec, k=k, exclude_history=query.exclude_history, beam=beam)
+            state.index.answer(history, rec, k=k, exclude_history=query.exclude_history, beam=beam,
+                               explain=query.explain)
             for (history, k), rec, query in zip(prepared, recs, batch.requests)])
 
     @app.get("/v1/items/{item_id}", response_model=ItemResponse, dependencies=auth, responses=ERRORS)

@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 from pathlib import Path
 
-from genrec.checkpoint import load_catalog
+from genrec.checkpoint import load_catalog, load_item_interests
 from genrec.sid import sid_string
 
 logger = logging.getLogger(__name__)
@@ -48,11 +48,13 @@ def _engine(conn, checkpoint: str, device: str | None, dtype: str, threads: int 
 
 
 class ProcessRecommender:
-    """`Recommender.recommend` answered by a child process; `sid_strings` and `titles` live in this process."""
+    """`Recommender.recommend` answered by a child process; `sid_strings`, `titles` and `interests` live in this
+    process."""
 
     def __init__(self, checkpoint: str | Path, *, device: str | None = None, dtype: str = "float32",
                  threads: int | None = None):
         sids, self.titles = load_catalog(checkpoint)
+        self.interests = load_item_interests(checkpoint)  # explanations are made here, beside the answers
         self.sid_strings = {iid: sid_string(codes) for iid, codes in sids.items()}
         context = multiprocessing.get_context("spawn")  # a clean interpreter: no inherited threads or locks
         self._conn, child = context.Pipe()

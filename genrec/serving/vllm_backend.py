@@ -99,6 +99,7 @@ class VLLMRecommender:
     def __init__(self, base, step: Step):
         self.base, self.step = base, step
         self.sid_strings, self.titles, self.sids = base.sid_strings, base.titles, base.sids
+        self.interests = base.interests
 
     def recommend(self, histories: Sequence[Sequence[str]], decode: DecodeConfig | None = None, *,
                   k: int | None = None, progress: bool = False) -> list[Recommendation]:
