@@ -1,14 +1,18 @@
 """Load test of `genrec serve`: requests/s and p50/p99 latency at 1, 8 and 32 concurrent clients, with
 micro-batching ON (--batch-size 32, --max-wait-ms 5: whatever queued while the model ran shares the next call) and
 OFF (--batch-size 1), against a real server on loopback; plus the model alone in-process at batch 1 and 32, the
-ceiling batching can reach on this CPU.
+ceiling batching can reach on this CPU. Explanations (``"explain": true``) are measured twice: as rows of the
+batching-on server whose requests ask for them, and in-process, the cost of building the explained answer per
+request next to the recommendation's own (the model at batch 1).
 
-The model is a random Qwen2 (hidden 128, 2 layers) over 4,096 items with 3-level SIDs (16 x 16 x 16 codes), saved
-as a genrec checkpoint in a temporary directory; each mode starts ``python -m genrec.serving.server CKPT`` in its
-own process (so the numbers include the real CLI, load_recommender, uvicorn and HTTP), waits for /readyz, then runs
-asyncio + httpx clients, each sending one request after another for a fixed time. Every request must succeed.
+The model is a random Qwen2 (hidden 128, 2 layers) over 4,096 items with 3-level SIDs (16 x 16 x 16 codes), and
+each item has 5 interests out of 2,000 with 384-d vectors (MiniLM's width) in 20 clusters, so that an explained
+item gets its full 3 connections; all saved as a genrec checkpoint in a temporary directory. Each mode starts
+``python -m genrec.serving.server CKPT`` in its own process (so the numbers include the real CLI, load_recommender,
+uvicorn and HTTP), waits for /readyz, then runs asyncio + httpx clients, each sending one request after another for
+a fixed time. Every request must succeed (an explained one must carry its explanations).
 
-Run (about 100 s):
+Run (about 140 s):
 
     .venv/bin/python benchmarks/serve_load.py [--seconds 5] [--rounds 2] [--threads 1] [--out benchmarks/results/serve_load.json]
 
@@ -43,11 +47,13 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from genrec.checkpoint import checkpoint_metadata, save_checkpoint
+from genrec.explain import ItemInterests
 from genrec.sid import sid_tokens
 
 logger = logging.getLogger("benchmarks.serve_load")
@@ -55,7 +61,10 @@ logger = logging.getLogger("benchmarks.serve_load")
 ROOT = Path(__file__).resolve().parents[1]
 CONCURRENCY = (1, 8, 32)
 MODES = {"batching on": {"batch_size": 32, "max_wait_ms": 5}, "batching off": {"batch_size": 1, "max_wait_ms": 0}}
+# (server, explain): the batching-on server is measured a second time with explanations asked for
+CELLS = [("batching on", False), ("batching on", True), ("batching off", False)]
 BEAM, K, MAX_HISTORY = 20, 10, 10
+INTERESTS, INTERESTS_PER_ITEM, INTEREST_DIM = 2000, 5, 384
 
 
 def write_model(path: Path, *, codebook: int = 16, hidden: int = 128, layers: int = 2) -> list[str]:
@@ -70,8 +79,16 @@ def write_model(path: Path, *, codebook: int = 16, hidden: int = 128, layers: in
     config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=4 * hidden,
                          eos_token_id=2, pad_token_id=1)
+    rng = np.random.default_rng(0)  # interests in 20 topics, so that most recommended items connect to a history
+    texts = [f"interest {n}" for n in range(INTERESTS)]
+    topics = rng.standard_normal((20, INTEREST_DIM))
+    vectors = dict(zip(texts, topics[np.arange(INTERESTS) % 20] + 0.5 * rng.standard_normal((INTERESTS, INTEREST_DIM)),
+                       strict=True))
+    interests = ItemInterests.build(
+        {iid: list(rng.choice(texts, INTERESTS_PER_ITEM, replace=False)) for iid in sids},
+        lambda batch: np.stack([vectors[t] for t in batch]))
     save_checkpoint(Qwen2ForCausalLM(config), tokenizer, path, sids, checkpoint_metadata(MAX_HISTORY, False),
-                    titles={iid: f"Product {iid}" for iid in sids})
+                    titles={iid: f"Product {iid}" for iid in sids}, interests=interests)
     return list(sids)
 
 
@@ -105,7 +122,7 @@ def start_server(checkpoint: Path, port: int, batch_size: int, max_wait_ms: floa
     raise RuntimeError("server not ready within 120 s")
 
 
-async def run_clients(url: str, items: list[str], clients: int, seconds: float) -> dict:
+async def run_clients(url: str, items: list[str], clients: int, seconds: float, explain: bool = False) -> dict:
     """`clients` concurrent loops of one request after another for `seconds`; latencies and failures."""
     latencies, failures = [], []
     stop = time.perf_counter() + seconds
@@ -117,8 +134,9 @@ async def run_clients(url: str, items: list[str], clients: int, seconds: float) 
                 history = rng.sample(items, rng.randint(5, MAX_HISTORY))
                 start = time.perf_counter()
                 try:
-                    r = await http.post("/v1/recommend", json={"history": history, "k": K})
+                    r = await http.post("/v1/recommend", json={"history": history, "k": K, "explain": explain})
                     ok = r.status_code == 200 and r.json()["returned"] == K
+                    ok = ok and (not explain or all("explanation" in it for it in r.json()["items"]))
                 except httpx.HTTPError as e:
                     ok, r = False, e
                 latencies.append(time.perf_counter() - start)
@@ -134,11 +152,12 @@ async def run_clients(url: str, items: list[str], clients: int, seconds: float) 
             "p99_ms": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 1), "failures": failures[:3]}
 
 
-def measure(url: str, items: list[str], mode: str, clients: int, seconds: float) -> dict:
+def measure(url: str, items: list[str], mode: str, clients: int, seconds: float, explain: bool = False) -> dict:
     before = httpx.get(url + "/metrics").text
-    row = asyncio.run(run_clients(url, items, clients, seconds))
-    row.update(mode=mode, **MODES[mode], **batching_figures(before, httpx.get(url + "/metrics").text, row["seconds"]))
-    logger.info("%s, %d clients: %.1f req/s", mode, clients, row["rps"])
+    row = asyncio.run(run_clients(url, items, clients, seconds, explain))
+    row.update(mode=mode + (" + explain" if explain else ""), explain=explain, **MODES[mode],
+               **batching_figures(before, httpx.get(url + "/metrics").text, row["seconds"]))
+    logger.info("%s, %d clients: %.1f req/s", row["mode"], clients, row["rps"])
     return row
 
 
@@ -153,18 +172,19 @@ def bench_servers(checkpoint: Path, items: list[str], seconds: float, rounds: in
         best: dict[tuple, dict] = {}
         for _ in range(rounds):
             for clients in CONCURRENCY:
-                for mode, (_, url) in servers.items():
-                    row = measure(url, items, mode, clients, seconds)
-                    if (mode, clients) not in best or row["rps"] > best[mode, clients]["rps"]:
-                        failed = best.get((mode, clients), {}).get("failed", 0)
-                        best[mode, clients] = row | {"failed": row["failed"] + failed}
+                for mode, explain in CELLS:
+                    row = measure(servers[mode][1], items, mode, clients, seconds, explain)
+                    key = (row["mode"], clients)
+                    if key not in best or row["rps"] > best[key]["rps"]:
+                        best[key] = row | {"failed": row["failed"] + best.get(key, {}).get("failed", 0)}
                     else:
-                        best[mode, clients]["failed"] += row["failed"]
+                        best[key]["failed"] += row["failed"]
     finally:
         for proc, _ in servers.values():
             proc.terminate()  # SIGTERM: graceful shutdown
             proc.wait(60)
-    return [best[mode, clients] for mode in MODES for clients in CONCURRENCY]
+    return [best[mode + (" + explain" if explain else ""), clients] for mode, explain in CELLS
+            for clients in CONCURRENCY]
 
 
 def model_only(checkpoint: Path, items: list[str], threads: int | None, rounds: int) -> dict:
@@ -186,6 +206,31 @@ def model_only(checkpoint: Path, items: list[str], threads: int | None, rounds: 
             best[batch] = max(best[batch], 32 / (time.perf_counter() - start))
     return {"qps_batch_1": round(best[1], 1), "qps_batch_32": round(best[32], 1),
             "speedup": round(best[32] / best[1], 2)}
+
+
+def explain_cost(checkpoint: Path, items: list[str], model_qps_batch_1: float, requests: int = 300) -> dict:
+    """Milliseconds per request of building the answer in-process (`ItemIndex.answer`, as the server does after
+    the model) without and with explanations, next to the recommendation's own (the model alone at batch 1)."""
+    from genrec.checkpoint import load_catalog, load_item_interests
+    from genrec.decoding.trie import Recommendation
+    from genrec.serving.answers import ItemIndex
+    from genrec.sid import sid_string
+
+    sids, titles = load_catalog(checkpoint)
+    index = ItemIndex({iid: sid_string(c) for iid, c in sids.items()}, titles, load_item_interests(checkpoint))
+    rng = random.Random(1)
+    queries = [(rng.sample(items, rng.randint(5, MAX_HISTORY)),
+                Recommendation(rng.sample(items, BEAM), sorted((-rng.random() * 10 for _ in range(BEAM)), reverse=True)))
+               for _ in range(requests)]
+    ms = {}
+    for explain in (False, True, False, True):  # twice each, the second kept: the first warms up
+        start = time.perf_counter()
+        for history, rec in queries:
+            index.answer(history, rec, k=K, exclude_history=False, beam=BEAM, explain=explain)
+        ms[explain] = 1000 * (time.perf_counter() - start) / requests
+    return {"answer_ms": round(ms[False], 3), "answer_with_explanations_ms": round(ms[True], 3),
+            "explanations_ms": round(ms[True] - ms[False], 3),
+            "recommendation_ms_batch_1": round(1000 / model_qps_batch_1, 2)}
 
 
 def _metric_sums(text: str) -> dict[str, float]:
@@ -215,23 +260,28 @@ def main(argv: list[str] | None = None) -> dict:
         items = write_model(Path(tmp) / "ckpt")
         rows = bench_servers(Path(tmp) / "ckpt", items, args.seconds, args.rounds, args.threads)
         model = model_only(Path(tmp) / "ckpt", items, args.threads, args.rounds)
+        explanations = explain_cost(Path(tmp) / "ckpt", items, model["qps_batch_1"])
     on = {r["clients"]: r["rps"] for r in rows if r["mode"] == "batching on"}
     result = {"machine": platform.machine(), "cpu": platform.processor() or platform.machine(),
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
               "server_threads": args.threads or f"torch default ({torch.get_num_threads()})", "items": len(items), "beam": BEAM, "k": K,
               "model": "Qwen2 hidden 128, 2 layers, random", "seconds_per_measurement": args.seconds,
-              "rounds": args.rounds, "model_only": model,
+              "rounds": args.rounds, "model_only": model, "explanations": explanations,
               "speedup_32_vs_1_batching_on": round(on[32] / on[1], 2), "rows": rows}
     print(f"\nCPU {result['cpu_capability']}, {result['cpu_count']} cores, server threads {result['server_threads']}, "
           f"{len(items)} items, beam {BEAM}, k {K}")
-    print(f"{'mode':<14}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'model busy':>12}"
+    print(f"{'mode':<24}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}{'model busy':>12}"
           f"{'ms/call':>9}{'failed':>8}")
     for r in rows:
-        print(f"{r['mode']:<14}{r['clients']:>8}{r['rps']:>9}{r['p50_ms']:>9}{r['p99_ms']:>9}"
+        print(f"{r['mode']:<24}{r['clients']:>8}{r['rps']:>9}{r['p50_ms']:>9}{r['p99_ms']:>9}"
               f"{r['mean_batch'] or '-':>7}{r['model_busy']:>12}{r['model_ms_per_call'] or '-':>9}{r['failed']:>8}")
     print(f"batching on: 32 clients give {result['speedup_32_vs_1_batching_on']}x the throughput of 1 client")
     print(f"model alone (Recommender.recommend in-process): {model['qps_batch_1']} queries/s at batch 1, "
           f"{model['qps_batch_32']} at batch 32 ({model['speedup']}x)")
+    print(f"explanations ({INTERESTS_PER_ITEM} interests per item, {INTEREST_DIM}-d, k {K}): "
+          f"{explanations['explanations_ms']} ms per request in-process (answer {explanations['answer_ms']} -> "
+          f"{explanations['answer_with_explanations_ms']} ms), next to {explanations['recommendation_ms_batch_1']} "
+          "ms for the recommendation (model alone, batch 1)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if any(r["failed"] for r in rows):

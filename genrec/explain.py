@@ -83,7 +83,9 @@ class ItemInterests:
         flat = [r for rs in rows for r in rs]
         if not flat:
             return [[] for _ in items]
-        sims = self.vectors[flat] @ self.vectors[[r for _, r in pairs]].T  # (interests of items, of history)
+        # (interests of the items, of the history). Not `@`: a product this small still wakes OpenBLAS's threads,
+        # which on a loaded 2-core machine took 4 ms instead of 0.03 (measured); einsum stays on this thread (0.15)
+        sims = np.einsum("id,jd->ij", self.vectors[flat], self.vectors[[r for _, r in pairs]])
         best, scores = sims.argmax(axis=1), sims.max(axis=1)
         out, start = [], 0
         for rs in rows:
