@@ -45,6 +45,9 @@ def hand_made() -> ItemInterests:
         (["box"], ["saw", "chisel"], 3, [[], []]),
         # a connection under the minimum score (knots / joinery: -0.8) is no reason
         (["chisel"], ["rope"], 3, [[]]),
+        # an item recommended again connects to the other history items, not to itself
+        (["saw", "chisel"], ["saw"], 1, [[("woodworking", 0.8, "chisel", "joinery")]]),
+        (["saw"], ["saw"], 3, [[]]),
     ],
 )
 def test_connections_are_each_items_interests_closest_to_the_history(history, items, top, expected):
