@@ -11,8 +11,8 @@ A checkpoint is a ``save_pretrained`` directory (weights, ``config.json``, token
 
 The trainers write it (`save_checkpoint`, and `write_checkpoint_extras` beside checkpoints the trainer saves
 itself), the loader reads it (`load_model_and_tokenizer`, `load_catalog`, `trained_with`, `load_item_interests`),
-and so do the server (`load_catalog`, `load_item_interests`) and the report (`read_trainer_log`). Where a run keeps its checkpoints (``checkpoints/<stage>``) is
-the artifacts reader's business (`genrec.artifacts.Run.checkpoint`).
+and so do the server (`load_catalog`, `load_item_interests`) and the report (`read_trainer_log`). Where a run keeps
+its checkpoints (``checkpoints/<stage>``) is the artifacts reader's business (`genrec.artifacts.Run.checkpoint`).
 
 Example:
     >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids,

@@ -112,7 +112,8 @@ def read_text(path: str | os.PathLike, missing: str = "run the stage that writes
     return _decode(data, path)
 
 
-def read_lines(path: str | os.PathLike, missing: str = "run the stage that writes it first") -> Iterator[tuple[int, str]]:
+def read_lines(path: str | os.PathLike,
+               missing: str = "run the stage that writes it first") -> Iterator[tuple[int, str]]:
     """(line number, text) for each non-blank line of a UTF-8 file, plain or gzipped (told by its first bytes),
     streamed: a file of tens of GB is never held whole. Errors are one "file:line: problem; fix" line, as `read_text`.
 

@@ -69,8 +69,8 @@ def amazon_files(root: Path, name: str | None = None) -> tuple[Path, Path]:
     if name is None:
         metas = sorted({p.name.removeprefix("meta_").split(".")[0] for p in root.glob("meta_*.json*")})
         if not metas:
-            raise FileNotFoundError(f"{root} holds no meta_<category>.jsonl[.gz] or .json[.gz] file; point data.path at "
-                                    "the folder of a category's reviews and meta files")
+            raise FileNotFoundError(f"{root} holds no meta_<category>.jsonl[.gz] or .json[.gz] file; point data.path "
+                                    "at the folder of a category's reviews and meta files")
         if len(metas) > 1:
             raise ValueError(f"{root} holds meta files of {len(metas)} categories ({metas}); set data.name to one")
         name = metas[0]
@@ -107,8 +107,8 @@ def detect_release(record: dict, where: str) -> str:
         if {fields.user, fields.item, fields.time} <= record.keys():
             return release
     raise ValueError(f"{where}: this review fits neither the 2018 release (reviewerID, asin, unixReviewTime) nor the "
-                     f"2023 release (user_id, parent_asin, timestamp); it has {sorted(map(str, record))[:12]}. Point data.path "
-                     "at Amazon Reviews files, or set data.release")
+                     f"2023 release (user_id, parent_asin, timestamp); it has {sorted(map(str, record))[:12]}. Point "
+                     "data.path at Amazon Reviews files, or set data.release")
 
 
 def _text_id(record: dict, key: str, where: str, release: str) -> str:

@@ -108,7 +108,8 @@ def read_catalog(path: Path, item_index: dict[str, int], max_words: int) -> tupl
         stats["lines"] += 1
         iid = _id(row, "item_id", where)
         if iid in first_line:
-            raise ValueError(f"{where}: item_id {iid!r} again (first on line {first_line[iid]}); keep one line per item")
+            raise ValueError(f"{where}: item_id {iid!r} again (first on line {first_line[iid]}); keep one line per "
+                             "item")
         first_line[iid] = lineno
         fields = {ALIASES.get(k, k): v.strip() for k, v in row.items() if k != "item_id"}
         title = usable_title(fields["title"] or None, max_words, where)
