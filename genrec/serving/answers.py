@@ -29,8 +29,8 @@ EXPLAIN_TOP = 3  # connections per recommended item
 # Weaker connections are no reason. Under MiniLM, unrelated interest phrases score 0.0-0.2 ("laboratory safety" /
 # "cooking dinner" .04) and related ones 0.35-0.65 ("home plumbing repair" / "fixing leaky pipes" .63), measured.
 EXPLAIN_MIN_SCORE = 0.3
-NO_INTERESTS = ("this model carries no item interests, so it cannot explain: train it (the sft or grpo stage) on a "
-                "run whose mine stage wrote interests.jsonl")
+NO_INTERESTS = ("this model carries no item interests, so it cannot explain: its run had no mine stage, or it was "
+                "trained before checkpoints kept them; re-run its sft or grpo stage on a run with interests.jsonl")
 
 # ----------------------------------------------------------------------------- request and response models
 
