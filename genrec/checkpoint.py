@@ -7,10 +7,13 @@ A checkpoint is a ``save_pretrained`` directory (weights, ``config.json``, token
 - ``catalog.jsonl``: item_id and title per item (the server shows titles);
 - ``trainer_log.json``: the trainer's log history by step (losses, rewards, selection metrics), for the report;
 - ``interests.json`` + ``interest_vectors.npy``: each item's positive interests and their embeddings
-  (`genrec.explain.ItemInterests`), when the run had interests: what explanations are made of.
+  (`genrec.explain.ItemInterests`), when the run had interests: what explanations are made of;
+- ``item_vectors.npy``: each item's text embedding, rows in ``sids.json`` order (`genrec.content.ItemContent`):
+  what the beam search's content prior is made of.
 
 The trainers write it (`save_checkpoint`, and `write_checkpoint_extras` beside checkpoints the trainer saves
-itself), the loader reads it (`load_model_and_tokenizer`, `load_catalog`, `trained_with`, `load_item_interests`),
+itself), the loader reads it (`load_model_and_tokenizer`, `load_catalog`, `trained_with`, `load_item_interests`,
+`load_item_content`),
 and so do the server (`load_catalog`, `load_item_interests`) and the report (`read_trainer_log`). Where a run keeps
 its checkpoints (``checkpoints/<stage>``) is the artifacts reader's business (`genrec.artifacts.Run.checkpoint`).
 
@@ -23,16 +26,19 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from genrec.artifacts import read_rows, read_sids
-from genrec.explain import ItemInterests, unit_rows
+from genrec.content import ItemContent, unit_rows
+from genrec.explain import ItemInterests
 from genrec.io import read_json, write_json, write_jsonl, write_npy
 
 logger = logging.getLogger(__name__)
@@ -44,6 +50,7 @@ CHECKPOINT_CATALOG = "catalog.jsonl"
 CHECKPOINT_LOG = "trainer_log.json"
 CHECKPOINT_INTERESTS = "interests.json"
 CHECKPOINT_INTEREST_VECTORS = "interest_vectors.npy"
+CHECKPOINT_ITEM_VECTORS = "item_vectors.npy"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -56,9 +63,10 @@ def checkpoint_metadata(max_history: int | None, bf16: bool, **extra) -> dict:
 
 
 def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | None = None,
-                    titles: dict[str, str] | None = None, interests: ItemInterests | None = None) -> None:
+                    titles: dict[str, str] | None = None, interests: ItemInterests | None = None,
+                    item_vectors: np.ndarray | None = None) -> None:
     """save_pretrained model + tokenizer, plus sids.json, genrec.json (= extra, see `checkpoint_metadata`),
-    catalog.jsonl (item_id, title) and the items' interests (when given), into out_dir atomically.
+    catalog.jsonl (item_id, title), the items' interests and text vectors (when given), into out_dir atomically.
 
     Everything is written to a temporary sibling directory that then replaces out_dir, so a killed save never
     leaves a half-written checkpoint. Call it on the main process only.
@@ -66,28 +74,38 @@ def save_checkpoint(model, tokenizer, out_dir: Path, sids: dict, extra: dict | N
     Example:
         >>> save_checkpoint(model, tok, Path("runs/demo/checkpoints/sft"), sids, {"stage": "sft"})  # doctest: +SKIP
     """
+    with _replacing(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_checkpoint_extras(tmp, sids, extra, titles, interests, item_vectors)
+    logger.info("saved checkpoint to %s", out_dir)
+
+
+@contextlib.contextmanager
+def _replacing(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary sibling directory to write a checkpoint into; when the block ends without an error it replaces
+    `out_dir` (a killed or failed write leaves the old `out_dir` as it was)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_checkpoint_extras(tmp, sids, extra, titles, interests)
+        yield tmp
         if out_dir.exists():
             os.replace(out_dir, old)
         os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-    logger.info("saved checkpoint to %s", out_dir)
 
 
 def write_checkpoint_extras(out_dir: Path, sids: dict, extra: dict | None = None,
-                            titles: dict[str, str] | None = None, interests: ItemInterests | None = None) -> None:
+                            titles: dict[str, str] | None = None, interests: ItemInterests | None = None,
+                            item_vectors: np.ndarray | None = None) -> None:
     """genrec's files beside the save_pretrained ones: sids.json, genrec.json (when `extra`), catalog.jsonl (when
-    `titles`), interests.json and interest_vectors.npy (when `interests`; float16, which halves them)."""
+    `titles`), interests.json and interest_vectors.npy (when `interests`), item_vectors.npy (when `item_vectors`,
+    one row per item of `sids`, in its order); vectors in float16, which halves them."""
     write_json(Path(out_dir) / CHECKPOINT_SIDS, sids)
     if extra is not None:
         write_json(Path(out_dir) / CHECKPOINT_META, extra)
@@ -97,6 +115,32 @@ def write_checkpoint_extras(out_dir: Path, sids: dict, extra: dict | None = None
         write_npy(Path(out_dir) / CHECKPOINT_INTEREST_VECTORS, interests.vectors.astype(np.float16))
         write_json(Path(out_dir) / CHECKPOINT_INTERESTS, {"texts": interests.texts, "items": interests.items},
                    indent=None)
+    if item_vectors is not None:
+        if item_vectors.ndim != 2 or item_vectors.shape[0] != len(sids):
+            raise ValueError(f"item vectors of shape {item_vectors.shape} for {len(sids)} items: one row per item")
+        write_npy(Path(out_dir) / CHECKPOINT_ITEM_VECTORS, item_vectors.astype(np.float16))
+
+
+def update_metadata(checkpoint: str | Path, **fields) -> dict:
+    """Add `fields` to a checkpoint's genrec.json (written atomically); returns the new content."""
+    meta = {**read_metadata(checkpoint), **fields}
+    write_json(Path(checkpoint) / CHECKPOINT_META, meta)
+    return meta
+
+
+def replace_with_copy(src: str | Path, out_dir: str | Path, *, keep: tuple[str, ...] = (CHECKPOINT_LOG,),
+                      **fields) -> None:
+    """Make `out_dir` a copy of checkpoint `src`, keeping `out_dir`'s own files named in `keep` (its trainer log)
+    and adding `fields` to the copy's genrec.json; atomic like `save_checkpoint` (a kill leaves the old out_dir)."""
+    src, out_dir = Path(src), Path(out_dir)
+    if not has_model(src):
+        raise FileNotFoundError(f"{src} holds no model (no {CHECKPOINT_CONFIG}); nothing to copy")
+    with _replacing(out_dir) as tmp:
+        shutil.copytree(src, tmp)
+        for name in keep:
+            if (out_dir / name).is_file():
+                shutil.copy2(out_dir / name, tmp / name)
+        update_metadata(tmp, **fields)
 
 
 def write_trainer_log(out_dir: Path, log_history: list[dict]) -> None:
@@ -172,19 +216,44 @@ def load_item_interests(checkpoint: str | Path) -> ItemInterests | None:
         raise ValueError(f"{path} and {vectors_path.name} do not fit together ({e}); {fix}") from None
 
 
+def load_item_content(checkpoint: str | Path) -> ItemContent | None:
+    """The items' text vectors saved with a checkpoint (the search's content prior), or None when it has none (a
+    checkpoint from before genrec saved them, or a run without the embed stage)."""
+    path = Path(checkpoint) / CHECKPOINT_ITEM_VECTORS
+    if not path.is_file():
+        return None
+    item_ids = list(read_sids(Path(checkpoint) / CHECKPOINT_SIDS))
+    try:
+        return ItemContent(item_ids, np.load(path))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} does not fit {CHECKPOINT_SIDS} ({e}); delete it and re-run the training stage "
+                         "that wrote the checkpoint") from None
+
+
 class TrainedWith(NamedTuple):
-    """What inference must repeat of training: the prompt's history length (None: the whole history a row holds)
-    and the training precision (None: unknown, the hardware decides)."""
+    """What inference must repeat of training: the prompt's history length (None: the whole history a row holds),
+    the training precision (None: unknown, the hardware decides) and the content prior's weight its training stage
+    chose on valid (0 when none was chosen)."""
 
     max_history: int | None
     bf16: bool | None
+    content_weight: float = 0.0
+
+
+def read_metadata(checkpoint: str | Path) -> dict:
+    """genrec.json: how a checkpoint was trained (empty for a plain save_pretrained model)."""
+    path = Path(checkpoint) / CHECKPOINT_META
+    meta = read_json(path) if path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object; delete it and re-run the stage that wrote the checkpoint")
+    return meta
 
 
 def trained_with(checkpoint: str | Path) -> TrainedWith:
     """The settings `checkpoint_metadata` recorded in genrec.json (all None for a plain save_pretrained model)."""
-    path = Path(checkpoint) / CHECKPOINT_META
-    meta = read_json(path) if path.is_file() else {}
-    return TrainedWith((meta.get("prompt") or {}).get("max_history"), meta.get("bf16"))
+    meta = read_metadata(checkpoint)
+    return TrainedWith((meta.get("prompt") or {}).get("max_history"), meta.get("bf16"),
+                       float(meta.get("content_weight") or 0.0))
 
 
 def read_trainer_log(checkpoint: str | Path) -> list[dict] | None:

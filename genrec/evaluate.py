@@ -95,6 +95,9 @@ def evaluate_model(recommender: Recommender, rows: Sequence[dict], out_dir: str 
         Path(out_dir), rows, [r.items for r in recs], scores=[r.scores for r in recs], method=method,
         split=split, seconds=seconds, beam=decode.beam, invalid=invalid,
         extra={"softmax": decode.softmax, "bf16": recommender.use_bf16(decode.bf16), "short_rows": short,
+               "content_weight": recommender.resolved_content_weight(decode) if recommender.content is not None
+               else 0.0,
+               "content_decay": decode.content_decay,
                "catalog_items": recommender.trie.num_items, **(extra or {})}, item_counts=item_counts,
     )
     logger.info("%s: HR@10 %.4f NDCG@10 %.4f invalid %d (%.1f s) -> %s", split, metrics["HR@10"],

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from genrec.content import unit_rows
+
 
 class Connection(NamedTuple):
     """One reason: the recommended item's `interest` and the history item's interest it is closest to."""
@@ -100,9 +102,3 @@ class ItemInterests:
             out.append([Connection(self.texts[flat[n]], float(scores[n]), pairs[best[n]][0],
                                    self.texts[pairs[best[n]][1]]) for n in ranked])
         return out
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Rows scaled to length 1 (a zero row stays zero), float32."""
-    vectors = np.asarray(vectors, dtype=np.float32)
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -24,7 +24,15 @@ from pathlib import Path
 
 import torch
 
-from genrec.checkpoint import has_sid_map, load_catalog, load_item_interests, load_model_and_tokenizer, trained_with
+from genrec.checkpoint import (
+    has_sid_map,
+    load_catalog,
+    load_item_content,
+    load_item_interests,
+    load_model_and_tokenizer,
+    trained_with,
+)
+from genrec.content import ItemContent
 from genrec.decoding.beam import DecodeConfig, recommend
 from genrec.decoding.trie import Recommendation, SIDTrie
 from genrec.explain import ItemInterests
@@ -39,7 +47,8 @@ class Recommender:
     """A model ready to recommend. `max_history` is the prompt length it was trained with (None: the whole history
     a row holds); `bf16` its training precision (None: unknown, decided by the hardware); `titles` item -> title
     and `interests` the items' embedded interests (both optional; the server shows titles and explains with
-    interests)."""
+    interests); `content` the items' text vectors and `content_weight` the weight of the content prior its
+    training stage chose on valid (`DecodeConfig.content_weight` overrides it)."""
 
     model: torch.nn.Module
     tokenizer: object
@@ -49,11 +58,21 @@ class Recommender:
     titles: dict[str, str] = field(default_factory=dict)
     trie: SIDTrie | None = None
     interests: ItemInterests | None = None
+    content: ItemContent | None = None
+    content_weight: float = 0.0
 
     def __post_init__(self):
         self.sid_strings = {iid: sid_string(codes) for iid, codes in self.sids.items()}
         if self.trie is None:
             self.trie = SIDTrie.from_sids(self.sids, self.tokenizer)
+        if self.content is not None and self.content.item_ids != self.trie.item_ids:
+            missing = set(self.trie.item_ids) - set(self.content.index)
+            if missing:
+                raise ValueError(f"item vectors lack {len(missing)} catalog item(s) (e.g. {min(missing)!r}); "
+                                 "re-run the training stage that wrote the checkpoint")
+            rows = [self.content.index[i] for i in self.trie.item_ids]
+            self.content = ItemContent(list(self.trie.item_ids), self.content.vectors[rows])
+        self._warned_no_content = False
 
     @property
     def device(self) -> torch.device:
@@ -74,9 +93,34 @@ class Recommender:
                   k: int | None = None, progress: bool = False) -> list[Recommendation]:
         """Top-`k` distinct catalog items (default: `decode.beam`) per history, best first, with log-probabilities.
 
-        The model's train/eval mode is restored afterwards, so a trainer can call this mid-training.
+        With `decode.content_weight` > 0 and item vectors (`content`), each item's score adds that weight times
+        its content similarity to the history (`genrec.content`). The model's train/eval mode is restored
+        afterwards, so a trainer can call this mid-training.
         """
-        return self.rank_prompts([self.prompt(h) for h in histories], decode, k=k, progress=progress)
+        decode = decode or DecodeConfig()
+        return self.rank_prompts([self.prompt(h) for h in histories], decode, k=k, progress=progress,
+                                 item_prior=self.content_prior(histories, decode))
+
+    def content_prior(self, histories: Sequence[Sequence[str]], decode: DecodeConfig) -> torch.Tensor | None:
+        """``(len(histories), items)``: the content weight (`resolved_content_weight`) x each item's cosine with the
+        history's content query, in the trie's item order; None when the weight is 0 or there are no item vectors."""
+        weight = self.resolved_content_weight(decode)
+        if weight == 0:
+            return None
+        if self.content is None:
+            if not self._warned_no_content:
+                logger.warning("content_weight=%s but this model has no item vectors (a checkpoint from before "
+                               "genrec saved them, or a run without the embed stage): ranking by the model alone; "
+                               "re-run its training stage to add them, or pass content_weight=0 to silence this",
+                               weight)
+                self._warned_no_content = True
+            return None
+        sims = self.content.similarity(histories, decode.content_decay)
+        return torch.from_numpy(sims).mul_(weight)
+
+    def resolved_content_weight(self, decode: DecodeConfig) -> float:
+        """The content prior's weight a search runs with: `decode.content_weight` when set, else the checkpoint's."""
+        return self.content_weight if decode.content_weight is None else decode.content_weight
 
     def rank_prompts(self, prompts: Sequence[str], decode: DecodeConfig | None = None, *, k: int | None = None,
                      progress: bool = False, **engine) -> list[Recommendation]:
@@ -102,8 +146,8 @@ class Recommender:
 def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype: str = "float32",
                      sids: dict[str, list[int]] | None = None) -> Recommender:
     """A trained checkpoint ready to recommend: model (on `device`, default cuda when available), tokenizer, trie,
-    catalog titles, the items' interests (explanations; None when the checkpoint has none) and the prompt settings
-    it was trained with.
+    catalog titles, the items' interests (explanations; None when the checkpoint has none), the items' text vectors
+    (the search's content prior; None when it has none) and the prompt settings it was trained with.
 
     `sids` replaces the checkpoint's own sids.json (for a plain ``save_pretrained`` model that has none).
 
@@ -119,4 +163,5 @@ def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype
     model.to(device).eval()
     logger.info("loaded %s on %s (%d items, max_history %s)", checkpoint, device, len(sids), trained.max_history)
     return Recommender(model, tokenizer, sids, max_history=trained.max_history, bf16=trained.bf16, titles=titles,
-                       interests=load_item_interests(checkpoint))
+                       interests=load_item_interests(checkpoint), content=load_item_content(checkpoint),
+                       content_weight=trained.content_weight)

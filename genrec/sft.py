@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ from genrec.training import (
     TimeBudgetCallback,
     TrainingOptions,
     TrainingStageConfig,
+    choose_content_weight,
+    content_vectors,
     explanation_interests,
     find_resume_checkpoint,
     parse_yaml_config,
@@ -93,6 +96,13 @@ class GenRecSFTArguments(TrainingOptions):
                   "data stage keeps data.max_history). Recorded in the checkpoint, so inference builds the same "
                   "prompt."},
     )
+    content_weights: list[float] = field(
+        default_factory=lambda: [0.0, 2.0, 4.0, 8.0, 16.0],
+        metadata={"help": "Content-prior weights tried on the whole valid split after training (the beam search "
+                  "adds weight x the item's text similarity to the history, genrec.content); the best by "
+                  "metric_for_best_model goes into the checkpoint, and evaluate and serve use it. [] or [0]: no "
+                  "prior."},
+    )
     max_title_words: int = field(default=20, metadata={"help": "Titles are cut to this many words."})
     max_description_words: int = field(default=40, metadata={"help": "Token descriptions are cut to this many words."})
     knn_neighbours: int = field(
@@ -128,6 +138,9 @@ class GenRecSFTArguments(TrainingOptions):
                                  "out)")
         if self.max_history is not None and self.max_history < 1:
             raise ValueError(f"max_history={self.max_history}: must be >= 1, or null for the whole history")
+        if any(not (float(w) >= 0 and math.isfinite(float(w))) for w in self.content_weights):
+            raise ValueError(f"content_weights={self.content_weights}: each must be a finite number >= 0 (0 = the "
+                             "model alone; [] = no content prior)")
 
     @property
     def final_dir(self) -> Path:
@@ -163,7 +176,8 @@ class GenRecSFTTrainer(SFTTrainer):
         self.sids = sids
         self.ranking_rows = ranking_rows
         self.decode = DecodeConfig(beam=num_beams, batch_size=self.args.per_device_eval_batch_size,
-                                   softmax="sid" if sid_softmax else "full", bf16=bool(self.args.bf16))
+                                   softmax="sid" if sid_softmax else "full", bf16=bool(self.args.bf16),
+                                   content_weight=0.0)  # selection ranks by the model alone
         self.max_history = max_history
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         add_sid_head(base, list(sid_vocab(self.processing_class).values()) if sid_softmax else None)
@@ -281,7 +295,13 @@ def train_sft(args: GenRecSFTArguments, model_args: ModelConfig, training_args: 
                 (time.time() - start) / 60, training_args.metric_for_best_model, trainer.state.best_metric,
                 trainer.state.best_global_step)
     save_final(trainer, args.final_dir, sids=sids, titles=catalog.titles, max_history=args.max_history, stage="sft",
-               interests=functools.partial(explanation_interests, run, list(sids)), sid_softmax=args.sid_softmax)
+               interests=functools.partial(explanation_interests, run, list(sids)),
+               content=functools.partial(content_vectors, run, list(sids)), sid_softmax=args.sid_softmax)
+    if trainer.is_world_process_zero():
+        metric = training_args.metric_for_best_model or ""
+        choose_content_weight(args.final_dir, run.split("valid"), args.content_weights,
+                              metric if "@" in metric else "NDCG@10", beam=DecodeConfig.beam)
+    trainer.accelerator.wait_for_everyone()
     return args.final_dir
 
 

@@ -30,11 +30,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
-from genrec.artifacts import INTERESTS, Run
-from genrec.checkpoint import checkpoint_metadata, save_checkpoint, write_checkpoint_extras, write_trainer_log
+from genrec.artifacts import INTERESTS, ITEM_EMB, Run
+from genrec.checkpoint import (
+    checkpoint_metadata,
+    save_checkpoint,
+    update_metadata,
+    write_checkpoint_extras,
+    write_trainer_log,
+)
 from genrec.decoding.beam import DecodeConfig
 from genrec.explain import ItemInterests
 from genrec.io import write_json
@@ -123,6 +131,39 @@ def selection_metrics(accelerator, recommender: Recommender, rows: Sequence[tupl
     out["invalid"] = sum(inv for _, inv in recs)
     out["ranking_seconds"] = round(time.time() - start, 1)
     return out
+
+
+def choose_content_weight(checkpoint: Path, rows: Sequence[dict], weights: Sequence[float], metric: str,
+                          beam: int = DecodeConfig.beam) -> dict:
+    """Rank `rows` (the whole valid split) with the checkpoint at each content-prior weight (genrec.content) and
+    record the best by `metric` (a tie keeps the smaller weight) in its genrec.json as ``content_weight``, with
+    every trial under ``content_selection``; `genrec evaluate` and the server then use it. Returns that record.
+    A checkpoint without item vectors (no embed stage) keeps weight 0."""
+    from genrec.evaluation import ranking_metrics
+    from genrec.recommender import load_recommender
+
+    name = metric.removeprefix("eval_")
+    weights = sorted({float(w) for w in weights} | {0.0})
+    rec = load_recommender(checkpoint)
+    if rec.content is None or weights == [0.0]:
+        why = "no item vectors" if rec.content is None else "no weight above 0 to try"
+        update_metadata(checkpoint, content_weight=0.0, content_selection={"skipped": why})
+        return {"content_weight": 0.0, "skipped": why}
+    histories, targets = [r["history"] for r in rows], [r["target"] for r in rows]
+    trials = []
+    for weight in tqdm(weights, desc="content weight on valid", unit="weight"):
+        recs = rec.recommend(histories, DecodeConfig(beam=beam, content_weight=weight))
+        found = ranking_metrics([r.items for r in recs], targets)
+        if name not in found:
+            raise ValueError(f"metric {metric!r}: choose the content weight by one of {', '.join(found)}")
+        trials.append({"weight": weight, **{k: round(found[k], 5) for k in ("HR@10", "NDCG@10", name)}})
+        logger.info("content weight %g on %d valid rows: %s", weight, len(rows), trials[-1])
+    best = max(trials, key=lambda t: (t[name], -t["weight"]))
+    record = {"split": "valid", "rows": len(rows), "metric": name, "beam": beam, "trials": trials}
+    update_metadata(checkpoint, content_weight=best["weight"], content_selection=record)
+    logger.info("content weight %g chosen (%s %.4f; weight 0: %.4f)", best["weight"], name, best[name],
+                trials[0][name])
+    return {"content_weight": best["weight"], **record}
 
 
 # ----------------------------------------------------------------------------- resume
@@ -224,28 +265,42 @@ def explanation_interests(run: Run, item_ids: Sequence[str]) -> ItemInterests | 
     return interests
 
 
+def content_vectors(run: Run, item_ids: Sequence[str]) -> np.ndarray | None:
+    """The items' text embeddings (the embed stage's) in `item_ids` order, for the checkpoint's content prior
+    (genrec.content); None when the run has no embeddings."""
+    if not run.exists(ITEM_EMB):
+        logger.info("no %s in %s: the checkpoint carries no item vectors, so its search has no content prior",
+                    ITEM_EMB, run.root)
+        return None
+    return run.item_embeddings().aligned(list(item_ids))
+
+
 def save_final(trainer, out_dir: Path, *, sids: dict, titles: dict[str, str], max_history: int | None, stage: str,
-               interests: Callable[[], ItemInterests | None] | None = None, **extra) -> None:
+               interests: Callable[[], ItemInterests | None] | None = None,
+               content: Callable[[], np.ndarray | None] | None = None, **extra) -> None:
     """The (best, when selection ran) model with tokenizer, SID map, catalog titles and how it was trained
     (genrec.json: prompt settings, precision, selection, `extra`) into `out_dir`; LoRA adapters are merged.
-    `interests` returns the items' embedded interests (`explanation_interests`); it runs on the main process only."""
+    `interests` returns the items' embedded interests (`explanation_interests`), `content` their text vectors
+    (`content_vectors`); both run on the main process only."""
     state = trainer.state
     meta = checkpoint_metadata(
         max_history, bool(trainer.args.bf16), stage=stage, metric=trainer.args.metric_for_best_model,
         best_metric=state.best_metric, best_step=state.best_global_step, global_step=state.global_step,
         best_checkpoint=state.best_model_checkpoint, trained_on=describe_device(trainer.args.device), **extra)
     embedded = interests() if interests is not None and trainer.is_world_process_zero() else None
+    vectors = content() if content is not None and trainer.is_world_process_zero() else None
     if trainer.is_deepspeed_enabled:  # ZeRO-3 weights are sharded: let the trainer gather them
         trainer.save_model(str(out_dir))
         if trainer.is_world_process_zero():
-            write_checkpoint_extras(out_dir, sids, meta, titles, embedded)
+            write_checkpoint_extras(out_dir, sids, meta, titles, embedded, vectors)
     else:
         trainer.accelerator.wait_for_everyone()
         if trainer.is_world_process_zero():
             model = trainer.accelerator.unwrap_model(trainer.model)
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()
-            save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles, interests=embedded)
+            save_checkpoint(model, trainer.processing_class, out_dir, sids, meta, titles=titles, interests=embedded,
+                            item_vectors=vectors)
     if trainer.is_world_process_zero():
         write_trainer_log(out_dir, state.log_history)
 

@@ -9,8 +9,9 @@ import pytest
 
 from genrec.artifacts import train_sequences
 from genrec.baselines import BASELINES, main
-from genrec.baselines.common import history_matrix, top_k
+from genrec.baselines.common import top_k
 from genrec.baselines.sasrec import training_windows
+from genrec.content import history_matrix
 from genrec.evaluation import KS
 from genrec.io import write_json, write_jsonl, write_npy
 
@@ -152,8 +153,8 @@ def test_helpers():
     # a user's rows are prefixes of each other: one sequence, every interaction once
     assert train_sequences(rows, index) == [[0, 1, 2, 3]]
     # decay 0.5: last item 1, the one before 0.5; decay 0: last item only
-    assert history_matrix(rows[:1], index, 0.5, 5).toarray().tolist() == [[0.5, 1.0, 0, 0, 0]]
-    assert history_matrix(rows[:1], index, 0.0, 5).toarray().tolist() == [[0, 1.0, 0, 0, 0]]
+    assert history_matrix([rows[0]["history"]], index, 0.5, 5).toarray().tolist() == [[0.5, 1.0, 0, 0, 0]]
+    assert history_matrix([rows[0]["history"]], index, 0.0, 5).toarray().tolist() == [[0, 1.0, 0, 0, 0]]
     # ties keep the lower column first
     idx, vals = top_k(np.array([[0.1, 0.5, 0.5, 0.9]]), 3)
     assert idx.tolist() == [[3, 1, 2]] and vals.tolist() == [[0.9, 0.5, 0.5]]

@@ -306,6 +306,68 @@ def test_trie_engine_with_wide_beams_returns_the_exact_top_k(name, softmax, arch
         assert np.allclose(rec.scores, [exact[i] for i in best], atol=1e-4)
 
 
+def test_subtree_max_gives_each_prefix_its_best_reachable_item():
+    sids = CATALOGS["variable"]
+    trie = SIDTrie.from_sids(sids, make_tokenizer(sids))
+    values = torch.from_numpy(np.random.default_rng(0).normal(size=(2, trie.num_items)).astype(np.float32))
+    best = trie.subtree_max(values)
+    tokenizer = make_tokenizer(sids)
+    parents, paths = trie._parents(), {(): 0}
+    for node in range(1, trie.num_nodes):  # parents are numbered before their children
+        parent_path = next(p for p, n in paths.items() if n == int(parents[node - 1]))
+        paths[(*parent_path, int(trie.edge_token[node - 1]))] = node
+    for row in range(2):
+        assert float(best[row, 0]) == float(values[row].max())  # the root reaches every item
+        for node_path, node in paths.items():
+            reach = [values[row, i] for i, iid in enumerate(trie.item_ids)
+                     if tuple(tokenizer.convert_tokens_to_ids(sid_tokens(sids[iid])))[:len(node_path)] == node_path]
+            assert float(best[row, node]) == float(max(reach))
+    with pytest.raises(ValueError, match="expected"):
+        trie.subtree_max(values[:, :3])
+
+
+@pytest.mark.parametrize("name", ["fixed", "variable"])
+def test_item_prior_with_wide_beams_returns_the_exact_top_k_of_logp_plus_prior(name):
+    """The prior enters as an exact lookahead: with as many beams as items the result is the exact top-k of
+    log p(item) + prior(item), also where one SID is a prefix of another (the variable catalog's p1 / p2)."""
+    sids = CATALOGS[name]
+    tokenizer = make_tokenizer(sids)
+    model = tiny_model(len(tokenizer), seed=5)
+    trie = SIDTrie.from_sids(sids, tokenizer)
+    prompts = prompts_for(sids, 3, seed=2)
+    prior = torch.from_numpy(np.random.default_rng(1).normal(scale=3.0, size=(3, len(sids))).astype(np.float32))
+    recs = recommend(model, tokenizer, prompts, trie, k=10, num_beams=len(sids), batch_size=2, item_prior=prior)
+    for row, (prompt, rec) in enumerate(zip(prompts, recs)):
+        exact = exact_scores(model, tokenizer, prompt, sids, "sid")
+        total = {iid: exact[iid] + float(prior[row, n]) for n, iid in enumerate(trie.item_ids)}
+        best = sorted(total, key=total.get, reverse=True)[:10]
+        assert rec.items == best
+        assert np.allclose(rec.scores, [total[i] for i in best], atol=1e-4)
+
+
+def test_item_prior_zero_changes_nothing_and_a_large_one_decides():
+    sids = CATALOGS["fixed"]
+    tokenizer = make_tokenizer(sids)
+    model = tiny_model(len(tokenizer), seed=2)
+    trie = SIDTrie.from_sids(sids, tokenizer)
+    prompts = prompts_for(sids, 4, seed=3)
+    plain = recommend(model, tokenizer, prompts, trie, k=5, num_beams=8)
+    zero = recommend(model, tokenizer, prompts, trie, k=5, num_beams=8, item_prior=torch.zeros(4, len(sids)))
+    assert [r.items for r in zero] == [r.items for r in plain]
+    # a narrow beam still finds a boosted item the model ranks last: the lookahead keeps its prefix alive
+    worst = [min(exact_scores(model, tokenizer, p, sids, "sid").items(), key=lambda kv: kv[1])[0] for p in prompts]
+    prior = torch.zeros(4, len(sids))
+    for row, iid in enumerate(worst):
+        prior[row, trie.item_ids.index(iid)] = 100.0
+    boosted = recommend(model, tokenizer, prompts, trie, k=2, num_beams=2, item_prior=prior)
+    assert [r.items[0] for r in boosted] == worst
+    with pytest.raises(ValueError, match="one row per prompt"):
+        recommend(model, tokenizer, prompts, trie, k=5, num_beams=8, item_prior=torch.zeros(3, len(sids)))
+    with pytest.raises(ValueError, match="engine='trie'"):
+        recommend(model, tokenizer, prompts, trie, k=5, num_beams=8, engine="generate", softmax="full",
+                  item_prior=torch.zeros(4, len(sids)))
+
+
 def test_trie_engine_matches_generate_on_a_fixed_depth_catalog():
     sids = CATALOGS["fixed"]
     tokenizer = make_tokenizer(sids)

@@ -30,7 +30,7 @@ LAYERS = [
     ("run files, decoding, rewards", ["genrec.artifacts", "genrec.interests.schema", "genrec.decoding",
                                       "genrec.rewards"]),
     ("bottom", ["genrec.io", "genrec.sid", "genrec.tasks", "genrec.precision", "genrec.head", "genrec.synthetic",
-                "genrec.config", "genrec.explain", "genrec"]),
+                "genrec.config", "genrec.content", "genrec.explain", "genrec"]),
 ]
 TRAINERS = ("genrec.sft", "genrec.grpo")
 

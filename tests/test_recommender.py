@@ -72,6 +72,90 @@ def test_load_recommender_reads_how_the_checkpoint_was_trained(tmp_path):
     assert len(recs[0].items) == 3 and set(recs[0].items) <= set(SIDS)
 
 
+def test_item_vectors_travel_with_the_checkpoint_and_steer_the_search(tmp_path, caplog):
+    """The content prior: a checkpoint saved with item vectors ranks by log p + weight x cosine(item, history);
+    weight 0 (or no vectors, with one warning) is the model alone; a large weight ranks like content kNN."""
+    import numpy as np
+    from test_evaluate import SIDS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genrec.content import ItemContent
+
+    ckpt = tmp_path / "ckpt"
+    save_tiny_checkpoint(ckpt)
+    model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
+    vectors = np.random.default_rng(0).normal(size=(len(SIDS), 8)).astype(np.float32)
+    save_checkpoint(model, tok, ckpt, SIDS, checkpoint_metadata(None, False, stage="sft"), item_vectors=vectors)
+    rec = load_recommender(ckpt, device="cpu")
+    assert rec.content is not None and rec.content.item_ids == rec.trie.item_ids
+    history = [list(SIDS)[0], list(SIDS)[5]]
+    plain = rec.recommend([history], DecodeConfig(beam=6, content_weight=0.0))[0]
+    knn = ItemContent(list(SIDS), vectors).similarity([history], decay=0.5)[0]
+    by_content = [list(SIDS)[i] for i in np.argsort(-knn, kind="stable")[:6]]
+    steered = rec.recommend([history], DecodeConfig(beam=6, content_weight=1000.0))[0]
+    assert steered.items == by_content and steered.items != plain.items
+    rec.content = None
+    with caplog.at_level("WARNING"):
+        alone = [rec.recommend([history], DecodeConfig(beam=6, content_weight=8.0))[0] for _ in range(2)]
+    assert [r.items for r in alone] == [plain.items] * 2
+    assert sum("no item vectors" in r.message for r in caplog.records) == 1  # said once, not per call
+    with pytest.raises(ValueError, match="one row per item"):
+        save_checkpoint(model, tok, tmp_path / "bad", SIDS, item_vectors=vectors[:3])
+    with pytest.raises(ValueError, match="content_weight"):
+        DecodeConfig(content_weight=-1.0)
+
+
+def test_the_training_stage_chooses_the_content_weight_on_valid(tmp_path):
+    """choose_content_weight ranks the valid rows at each weight, keeps the best in genrec.json (a tie keeps the
+    smaller weight), and the loaded model then searches with it unless DecodeConfig says otherwise."""
+    import numpy as np
+    from test_evaluate import SIDS
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genrec.checkpoint import read_metadata
+    from genrec.content import ItemContent
+    from genrec.training import choose_content_weight
+
+    ckpt = tmp_path / "ckpt"
+    save_tiny_checkpoint(ckpt)
+    model, tok = AutoModelForCausalLM.from_pretrained(ckpt), AutoTokenizer.from_pretrained(ckpt)
+    vectors = np.random.default_rng(1).normal(size=(len(SIDS), 8)).astype(np.float32)
+    save_checkpoint(model, tok, ckpt, SIDS, checkpoint_metadata(None, False, stage="sft"), item_vectors=vectors)
+    items = list(SIDS)
+    histories = [[items[i], items[(i * 7 + 3) % len(items)]] for i in range(8)]
+    sims = ItemContent(items, vectors).similarity(histories, decay=0.5)
+    by_content = [{"history": h, "target": items[int(np.argmax(row))]} for h, row in zip(histories, sims)]
+    record = choose_content_weight(ckpt, by_content, [1000.0, 0.0], "eval_NDCG@10", beam=10)
+    assert record["content_weight"] == 1000.0 and [t["weight"] for t in record["trials"]] == [0.0, 1000.0]
+    assert record["trials"][1]["NDCG@10"] == 1.0  # every target is its history's nearest item by content
+    rec = load_recommender(ckpt, device="cpu")
+    assert rec.content_weight == 1000.0 == read_metadata(ckpt)["content_weight"]
+    assert rec.recommend(histories[:1], DecodeConfig(beam=10))[0].items[0] == by_content[0]["target"]
+    model_top = [r.items[0] for r in rec.recommend(histories, DecodeConfig(beam=10, content_weight=0.0))]
+    by_model = [{"history": h, "target": t} for h, t in zip(histories, model_top)]
+    record = choose_content_weight(ckpt, by_model, [1000.0], "NDCG@10", beam=10)
+    assert record["content_weight"] == 0.0 and load_recommender(ckpt, device="cpu").content_weight == 0.0
+
+
+def test_item_content_is_the_recency_weighted_cosine():
+    import numpy as np
+
+    from genrec.content import ItemContent
+
+    content = ItemContent(["a", "b", "c"], np.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]))
+    # decay 0.5: query = b + 0.25 a (unit rows; a is two steps back), normalised; an item outside the catalog
+    # adds nothing but still counts as a step
+    query = np.array([0.25, 1.0]) / np.linalg.norm([0.25, 1.0])
+    expected = content.vectors @ query
+    assert np.allclose(content.similarity([["a", "zz", "b"]], decay=0.5)[0], expected)
+    assert np.allclose(content.similarity([["a", "b"]], decay=0.0)[0], content.vectors @ np.array([0.0, 1.0]))
+    assert not content.similarity([["zz"]], decay=0.5).any()  # nothing known: no prior
+    with pytest.raises(ValueError, match="decay"):
+        content.similarity([["a"]], decay=2.0)
+    with pytest.raises(ValueError, match="one row per item"):
+        ItemContent(["a"], np.zeros((2, 2)))
+
+
 def test_load_recommender_without_sid_map_says_what_to_do(tmp_path):
     save_tiny_checkpoint(tmp_path / "plain")
     (tmp_path / "plain" / "sids.json").unlink(missing_ok=True)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 import numpy as np
-from scipy import sparse
 from tqdm.auto import tqdm
 
 from genrec.artifacts import ITEMS, SPLIT, Run, train_sequences
@@ -104,21 +103,6 @@ def load_run(run_dir: str | Path, split: str) -> RunData:
                 raise ValueError(f"{run.path(SPLIT, split=s)} row {n}: item(s) {unknown[:3]} not in {ITEMS}; "
                                  "the run directory is inconsistent, re-run the data stage")
     return RunData(run.root, item_ids, rows["train"], rows["valid"], rows[split], split)
-
-
-def history_matrix(rows: Sequence[dict], index: dict[str, int], decay: float, n_items: int) -> sparse.csr_matrix:
-    """Sparse (rows, items) weights of each row's history: decay**age, age 0 = last item (decay 0: last item only)."""
-    r_idx, c_idx, vals = [], [], []
-    for n, r in enumerate(rows):
-        hist = r["history"]
-        for age, iid in enumerate(reversed(hist)):
-            w = decay**age if age else 1.0
-            if w == 0.0:
-                break
-            r_idx.append(n)
-            c_idx.append(index[iid])
-            vals.append(w)
-    return sparse.csr_matrix((vals, (r_idx, c_idx)), shape=(len(rows), n_items), dtype=np.float32)
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -19,7 +19,8 @@ import numpy as np
 from scipy import sparse
 
 from genrec.artifacts import train_sequences
-from genrec.baselines.common import BaselineArgs, RunData, history_matrix
+from genrec.baselines.common import BaselineArgs, RunData
+from genrec.content import history_matrix
 from genrec.evaluation import item_counts
 
 
@@ -93,7 +94,7 @@ class CoocScorer:
         return self._transitions[key]
 
     def score(self, rows, window: int, reverse: float, decay: float, pop_weight: float) -> np.ndarray:
-        hist = history_matrix(rows, self.data.index, decay, self.data.n_items)
+        hist = history_matrix([r["history"] for r in rows], self.data.index, decay, self.data.n_items)
         return np.asarray((hist @ self.transitions(window, reverse)).todense()) + pop_weight * self.pop
 
 

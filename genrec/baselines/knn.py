@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from genrec.artifacts import ITEM_EMB, ITEM_EMB_META, Run
-from genrec.baselines.common import BaselineArgs, RunData, history_matrix
+from genrec.baselines.common import BaselineArgs, RunData
 from genrec.baselines.popularity import popularity_counts
+from genrec.content import ItemContent
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def aligned_embeddings(data: RunData) -> np.ndarray:
 
 class KnnScorer:
     def __init__(self, data: RunData, emb: np.ndarray, cfg: Config):
-        self.data, self.emb, self.cfg = data, emb, cfg
+        self.data, self.cfg = data, cfg
+        self.content = ItemContent(data.item_ids, emb)
         logpop = np.log1p(popularity_counts(data))
         self.prior = (logpop / max(logpop.max(), 1e-12)).astype(np.float32)
         self.info = {"embedding_dim": int(emb.shape[1])}
@@ -61,9 +63,7 @@ class KnnScorer:
         return [{"decay": d, "pop_weight": w} for d, w in itertools.product(self.cfg.decays, self.cfg.pop_weights)]
 
     def score(self, rows, decay: float, pop_weight: float) -> np.ndarray:
-        query = np.asarray(history_matrix(rows, self.data.index, decay, self.data.n_items) @ self.emb)
-        query /= np.maximum(np.linalg.norm(query, axis=1, keepdims=True), 1e-12)
-        return query @ self.emb.T + pop_weight * self.prior
+        return self.content.similarity([r["history"] for r in rows], decay) + pop_weight * self.prior
 
 
 def build(data: RunData, cfg: Config, args: BaselineArgs) -> KnnScorer:

@@ -49,6 +49,19 @@ class DecodeConfig:
         metadata={"help": "bf16 autocast: unset = auto (the checkpoint's training choice where this hardware runs "
                   "bf16 natively, else float32); true / false force it (genrec.precision)."},
     )
+    content_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the content prior: each item's score adds weight x the cosine of its text "
+                  "vector with the history's (genrec.content), which reaches tail and cold items the model rarely "
+                  "generates. Unset = the checkpoint's own weight (the sft stage picks it on the valid split, "
+                  "genrec.training.choose_content_weight); 0 = the model's log-probabilities alone. Needs a "
+                  "checkpoint with item vectors (genrec's sft and grpo stages save them)."},
+    )
+    content_decay: float = field(
+        default=0.5,
+        metadata={"help": "Recency decay of the content prior's history query (0 = last item only, 1 = plain "
+                  "mean); 0.5 is what content kNN selects on Industrial's valid split."},
+    )
 
     def __post_init__(self):
         if self.beam < 1:
@@ -57,6 +70,10 @@ class DecodeConfig:
             raise ValueError(f"batch_size={self.batch_size}: must be >= 1")
         if self.softmax not in SOFTMAX_MODES:
             raise ValueError(f"softmax={self.softmax!r}: use 'sid' (over SID tokens, as SFT trains) or 'full'")
+        if self.content_weight is not None and not (self.content_weight >= 0 and math.isfinite(self.content_weight)):
+            raise ValueError(f"content_weight={self.content_weight}: must be a finite number >= 0 (0 = off)")
+        if not 0.0 <= self.content_decay <= 1.0:
+            raise ValueError(f"content_decay={self.content_decay}: must be in [0, 1] (0 = last item only)")
 
 
 def recommend(
@@ -73,6 +90,7 @@ def recommend(
     engine: str = "trie",
     softmax: str = DecodeConfig.softmax,
     processor_factory: Callable | None = None,
+    item_prior: torch.Tensor | None = None,
 ) -> list[Recommendation]:
     """Constrained beam search: up to `k` distinct catalog items per prompt with their log-probabilities.
 
@@ -87,6 +105,8 @@ def recommend(
     tokens, the distribution genrec's SFT trains (``sid_softmax``), and runs the LM head on those rows only;
     `softmax="full"` normalises over the whole vocabulary (what ``generate`` does).
     `processor_factory` replaces that processor per batch (for benchmarks against other constraints).
+    `item_prior` (``(len(prompts), trie.num_items)``, trie engine only) adds a score per prompt and item to the
+    log-probabilities, as an exact lookahead (`SIDTrie.subtree_max`); scores are then log-probability + prior.
 
     Example:
         >>> recommend(model, tokenizer, prompts, trie, k=10, num_beams=20)[0].items  # doctest: +SKIP
@@ -106,6 +126,12 @@ def recommend(
         raise ValueError(f"softmax={softmax!r}: use 'sid' (over SID tokens, as SFT trains) or 'full' (vocabulary)")
     if softmax == "sid" and engine != "trie":
         raise ValueError("softmax='sid' needs engine='trie'; transformers' generate normalises over the vocabulary")
+    if item_prior is not None:
+        if engine != "trie":
+            raise ValueError("item_prior needs engine='trie' (genrec's beam search)")
+        if tuple(item_prior.shape) != (len(prompts), trie.num_items):
+            raise ValueError(f"item_prior of shape {tuple(item_prior.shape)}: expected ({len(prompts)}, "
+                             f"{trie.num_items}), one row per prompt and one column per catalog item")
     sid_ids = list(sid_vocab(tokenizer).values()) if softmax == "sid" else None
     encoded, pad_id, device = _encode_prompts(model, tokenizer, prompts, trie, encode)
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
@@ -120,8 +146,9 @@ def recommend(
         idx = order[start:start + batch_size]
         input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id, device)
         if generate is None:
+            prior = None if item_prior is None else item_prior[idx].float().to(device)
             items, scores = trie_beam_search(model, input_ids, attention_mask, trie, num_beams=num_beams,
-                                             sid_token_ids=sid_ids)
+                                             sid_token_ids=sid_ids, item_prior=prior)
             recs = _collect_items(trie, items, scores, k)
         else:
             recs = generate(model, input_ids, attention_mask, k)
@@ -141,6 +168,7 @@ def trie_beam_search(
     *,
     num_beams: int,
     sid_token_ids: Sequence[int] | None = None,
+    item_prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Beam search over the trie's SIDs for a left-padded batch; returns ``(items, scores)``, both ``(batch, beams)``.
 
@@ -154,6 +182,11 @@ def trie_beam_search(
     pass), the prompt runs once per row; its KV cache is then gathered into the beams. Each step scores only the
     tokens the trie allows (a hypothesis that takes EOS at a complete SID is finished), keeps the best `num_beams`
     unfinished hypotheses per prompt, and stops after ``depth + 1`` tokens, so every returned item is real.
+
+    `item_prior` (``(batch, trie.num_items)``) adds a score per item. It enters as an exact lookahead: each step
+    scores a hypothesis by its log-probability plus the best prior among the items it can still reach
+    (`SIDTrie.subtree_max`), so the search keeps prefixes that lead to high-prior items, and a finished item's score
+    is its log-probability plus its own prior.
     """
     batch, device = input_ids.shape[0], input_ids.device
     prompt_rows = torch.arange(batch, device=device)
@@ -168,6 +201,7 @@ def trie_beam_search(
         if missing.numel():
             raise ValueError(f"trie token ids {missing[:5].tolist()} are not among the SID token ids; build both "
                              "from the same tokenizer")
+    node_bias = None if item_prior is None else trie.subtree_max(item_prior)
     hidden = step(input_ids, attention_mask, (attention_mask.long().cumsum(-1) - 1).clamp(min=0))
     width = 1  # live hypotheses per prompt (rows are prompt-major: row = prompt * width + beam)
     state = torch.zeros(batch, dtype=torch.int64, device=device)  # trie root
@@ -186,6 +220,9 @@ def trie_beam_search(
                 eos_logp = torch.log_softmax(logits(hidden[rows[eos]]).float(), dim=-1)[:, trie.eos_token_id]
                 done[rows[eos]] = eos_logp + total[rows[eos]]
         item = torch.where(state >= 0, trie.node_item[state.clamp(min=0)], -1)
+        if node_bias is not None and bool(eos.any()):  # the prefix's lookahead gives way to the item's own prior
+            closed = rows[eos][state[rows[eos]] >= 0]
+            done[closed] += item_prior[closed // width, item[closed]] - node_bias[closed // width, state[closed]]
         finished_scores.append(done.view(batch, width))
         finished_items.append(torch.where(torch.isfinite(done), item, -1).view(batch, width))
         if depth == trie.depth or bool(eos.all()):
@@ -193,6 +230,11 @@ def trie_beam_search(
         go_rows, go_cols = rows[~eos], tokens[~eos] if col_of is None else col_of[tokens[~eos]]
         masked = torch.full_like(logp, -math.inf)
         masked[go_rows, go_cols] = logp[go_rows, go_cols] + total[go_rows]
+        if node_bias is not None:  # swap the parent's lookahead for the child's
+            prompt = go_rows // width
+            parent = state[go_rows]
+            masked[go_rows, go_cols] += (node_bias[prompt, trie.child(parent, tokens[~eos])]
+                                         - node_bias[prompt, parent])
         n_cols = masked.shape[-1]
         total, flat = masked.view(batch, width * n_cols).topk(min(num_beams, width * n_cols), dim=-1)
         src = (flat // n_cols + prompt_rows[:, None] * width).flatten()
@@ -204,6 +246,8 @@ def trie_beam_search(
         attention_mask = torch.cat([attention_mask[src], attention_mask.new_ones(src.shape[0], 1)], dim=1)
         hidden = step(token[:, None], attention_mask, attention_mask.long().sum(-1, keepdim=True) - 1, src)
     scores = torch.cat(finished_scores, dim=1)
+    if node_bias is not None:
+        scores = scores + node_bias[:, :1]  # the totals started from the root's lookahead
     items = torch.cat(finished_items, dim=1)
     best, pos = scores.topk(min(num_beams, scores.shape[1]), dim=-1)
     return torch.where(torch.isfinite(best), items.gather(1, pos), -1), best

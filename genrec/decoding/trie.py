@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,6 +243,31 @@ class SIDTrie:
         with np.load(path / "trie.npz") as z:
             arrays = {k: torch.from_numpy(z[k]) for k in ("edge_token", "parent", "node_item")}
         return cls(**arrays, item_ids=meta["item_ids"], eos_token_id=meta["eos_token_id"], depth=meta["depth"])
+
+    def subtree_max(self, item_values: torch.Tensor) -> torch.Tensor:
+        """``(batch, num_items) -> (batch, num_nodes)``: each node's best value among the items whose SID passes
+        through it (the root holds the row's maximum). The beam search adds an item prior with it as an exact
+        lookahead: a prefix is scored by the best item it can still reach, so a prior cannot be cut off early."""
+        if item_values.ndim != 2 or item_values.shape[1] != self.num_items:
+            raise ValueError(f"item values of shape {tuple(item_values.shape)}: expected (batch, {self.num_items})")
+        batch = item_values.shape[0]
+        out = torch.full((batch, self.num_nodes), -math.inf, dtype=item_values.dtype, device=item_values.device)
+        terminal = self.node_terminal.nonzero().flatten()
+        out[:, terminal] = item_values[:, self.node_item[terminal]]
+        parents = self._parents()
+        for start, end in reversed(self._levels()[1:]):  # deepest level first: children before their parents
+            out.scatter_reduce_(1, parents[start - 1:end - 1].expand(batch, -1), out[:, start:end].clone(), "amax")
+        return out
+
+    def _levels(self) -> list[tuple[int, int]]:
+        """Node ranges ``[start, end)`` per level (nodes are numbered level by level; level 0 is the root)."""
+        if getattr(self, "_level_ranges", None) is None:
+            ranges, (start, end) = [], (0, 1)
+            while start < end:
+                ranges.append((start, end))
+                start, end = int(self.indptr[start]) + 1, int(self.indptr[end]) + 1
+            self._level_ranges = ranges
+        return self._level_ranges
 
     def _parents(self) -> torch.Tensor:
         return torch.div(self.edge_key - self.edge_token, self.key_base, rounding_mode="floor")

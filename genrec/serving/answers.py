@@ -73,7 +73,9 @@ class RecommendedItem(BaseModel):
     item_id: str
     title: str
     sid: str = Field(description="Semantic ID, e.g. <a_12><b_7><c_200>.")
-    score: float = Field(description="Log-probability of the item's SID under the model (4 decimals).")
+    score: float = Field(description="Log-probability of the item's SID under the model, plus the content prior "
+                         "(content_weight x the item's text similarity to the history) when the model has one (4 "
+                         "decimals); higher is better.")
     explanation: list[InterestMatch] | None = Field(
         default=None, exclude_if=lambda value: value is None,
         description="With explain: true, the item's interests closest to the history's, best first (at most "

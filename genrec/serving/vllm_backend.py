@@ -106,6 +106,11 @@ class VLLMRecommender:
         from genrec.tasks import encode_prompt
 
         decode = decode or DecodeConfig()
+        weight = self.base.resolved_content_weight(decode)
+        if weight and self.base.content is not None and not getattr(self, "_warned", False):
+            logger.warning("the vLLM backend ranks by the model alone: content_weight=%s is not applied (the "
+                           "transformers backend applies it)", weight)
+            self._warned = True
         prompts = [encode_prompt(self.base.tokenizer, self.base.prompt(h)) for h in histories]
         recs = constrained_beam_search(self.step, prompts, self.base.trie, beam=decode.beam)
         k = k or decode.beam
