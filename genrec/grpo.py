@@ -36,7 +36,7 @@ import torch
 from trl import GRPOConfig, GRPOTrainer
 
 from genrec.artifacts import INTERESTS, SIDS, SPLIT, Run
-from genrec.checkpoint import CHECKPOINT_META, has_model, write_checkpoint_extras
+from genrec.checkpoint import CHECKPOINT_META, has_model, replace_with_copy, update_metadata, write_checkpoint_extras
 from genrec.decoding.beam import DecodeConfig, trie_sample
 from genrec.head import add_sid_head
 from genrec.precision import BF16_HELP, resolve_trainer_bf16
@@ -48,6 +48,7 @@ from genrec.training import (
     TimeBudgetCallback,
     TrainingOptions,
     TrainingStageConfig,
+    content_vectors,
     explanation_interests,
     find_resume_checkpoint,
     parse_yaml_config,
@@ -102,6 +103,13 @@ class GenRecGRPOArguments(TrainingOptions):
     )
     train_rows: int = field(
         default=0, metadata={"help": "Train rows used as prompts (a fixed random subset; 0 = all)."}
+    )
+    guard: bool = field(
+        default=True,
+        metadata={"help": "After training, rank the whole valid split with the SFT start and with the trained model "
+                  "(the evaluate stage's search) and keep the better by metric_for_best_model (a tie keeps the "
+                  "SFT start), so the stage never ships a model worse than its start on valid; the choice and the "
+                  "paired difference go into the final checkpoint's genrec.json."},
     )
 
     def __post_init__(self):
@@ -170,7 +178,7 @@ class TrieRollout:
         if self.args.rollout == "sample":
             return dict(zip(distinct, trie_sample_items(rec, distinct, size, self.args.sample_temperature, bf16),
                             strict=True))
-        recs = rec.rank_prompts(distinct, DecodeConfig(beam=size, batch_size=16, bf16=bf16), k=size)
+        recs = rec.rank_prompts(distinct, DecodeConfig(beam=size, batch_size=16, bf16=bf16, content_weight=0.0), k=size)
         return {p: (r.items + r.items[-1:] * size)[:size] for p, r in zip(distinct, recs, strict=True)}
 
     def __call__(self, prompts: list[str], trainer) -> dict:
@@ -334,7 +342,7 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
     rows = selection_rows(run.split("valid"), start.sids, args.eval_rows, seed=training_args.seed)
     rollout = TrieRollout(args, start.sids, start.max_history)
     decode = DecodeConfig(beam=args.eval_num_beams, batch_size=training_args.per_device_eval_batch_size,
-                          bf16=bool(training_args.bf16))
+                          bf16=bool(training_args.bf16), content_weight=0.0)  # selection ranks by the model alone
     trainer = GenRecGRPOTrainer(
         model=model, reward_funcs=build_rewards(args, run, sid_strings), args=training_args, train_dataset=train,
         eval_dataset=train.select(range(min(len(train), training_args.num_generations))),
@@ -351,8 +359,49 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
                 trainer.state.best_global_step)
     save_final(trainer, args.final_dir, sids=start.sids, titles=start.titles, max_history=start.max_history,
                stage="grpo", interests=functools.partial(explanation_interests, run, list(start.sids)),
-               rewards=args.rewards, rollout=args.rollout, started_from=str(args.start_dir))
+               content=functools.partial(content_vectors, run, list(start.sids)),
+               rewards=args.rewards, rollout=args.rollout, started_from=str(args.start_dir),
+               content_weight=start.content_weight)  # the prior's weight its SFT start chose on valid
+    if args.guard and trainer.is_world_process_zero():
+        guard_final(run, args.start_dir, args.final_dir, training_args.metric_for_best_model or "eval_NDCG@10")
+    trainer.accelerator.wait_for_everyone()
     return args.final_dir
+
+
+def guard_final(run: Run, start_dir: Path, final_dir: Path, metric: str,
+                decode: DecodeConfig | None = None) -> dict:
+    """Keep the better of the SFT start and the GRPO model in `final_dir`, judged on the whole valid split with the
+    evaluate stage's search (`decode`, default `DecodeConfig()`) by `metric` (a tie keeps the start). Both
+    rankings are written to eval/valid-sft and eval/valid-grpo; the choice, both scores and the paired difference
+    (95% bootstrap) go into the final checkpoint's genrec.json under "guard". Returns that record."""
+    from genrec.evaluate import evaluate_checkpoint
+    from genrec.report import COLUMNS, paired_differences
+
+    name = metric.removeprefix("eval_")
+    if name not in COLUMNS:
+        raise ValueError(f"metric_for_best_model={metric!r}: the guard compares one of {', '.join(COLUMNS)} "
+                         "(with or without the eval_ prefix); set it, or guard: false")
+    dirs = {"sft": run.eval_dir("valid-sft"), "grpo": run.eval_dir("valid-grpo")}
+    scores = {stage: evaluate_checkpoint(run.root, ckpt, split="valid", decode=decode, out_dir=dirs[stage],
+                                         progress=False)
+              for stage, ckpt in (("sft", start_dir), ("grpo", final_dir))}
+    (diff,) = paired_differences([dirs["sft"], dirs["grpo"]], "valid")
+    kept = "grpo" if scores["grpo"][name] > scores["sft"][name] else "sft"
+    record = {"split": "valid", "rows": scores["sft"]["rows"], "metric": name, "kept": kept,
+              "sft": {k: scores["sft"][k] for k in ("HR@10", "NDCG@10", name)},
+              "grpo": {k: scores["grpo"][k] for k in ("HR@10", "NDCG@10", name)},
+              "difference": {k: list(diff[k]) for k in ("HR@10", "NDCG@10") if k in diff},
+              "started_from": str(start_dir)}
+    if kept == "sft":
+        replace_with_copy(start_dir, final_dir, guard=record, stage="grpo", shipped="sft")
+        logger.warning("guard: GRPO did not beat its SFT start on valid (%s %.4f vs %.4f, paired difference "
+                       "%+.4f [%+.4f, %+.4f]); %s holds the SFT model", name, scores["grpo"][name],
+                       scores["sft"][name], *diff[name], final_dir)
+    else:
+        update_metadata(final_dir, guard=record, shipped="grpo")
+        logger.info("guard: GRPO beat its SFT start on valid (%s %.4f vs %.4f, paired difference %+.4f "
+                    "[%+.4f, %+.4f]); keeping it", name, scores["grpo"][name], scores["sft"][name], *diff[name])
+    return record
 
 
 # ----------------------------------------------------------------------------- config files and the pipeline stage

@@ -24,7 +24,7 @@ from scipy.stats import bootstrap
 
 from genrec import artifacts as A
 from genrec.artifacts import METRICS, PLOT, PREDICTIONS, REPORT, Run, read_rows
-from genrec.checkpoint import read_trainer_log
+from genrec.checkpoint import has_model, read_metadata, read_trainer_log
 from genrec.evaluation import BUCKET_METRICS, BUCKETS, row_metrics
 from genrec.io import read_json, write_text
 
@@ -114,6 +114,20 @@ def _run_label(path: Path) -> str:
     return f"{path.parent.parent.name}/{path.name}" if (path / METRICS).exists() else path.name
 
 
+def guard_note(run_dir: Path) -> str | None:
+    """What the GRPO stage's guard decided (`genrec.grpo.guard_final`), in one line; None without a guarded GRPO
+    model."""
+    checkpoint = Run(run_dir).checkpoint("grpo")
+    guard = read_metadata(checkpoint).get("guard") if has_model(checkpoint) else None
+    if not isinstance(guard, dict):
+        return None
+    name, diff = guard["metric"], guard.get("difference", {}).get(guard["metric"])
+    shown = "the SFT model (GRPO did not beat it)" if guard["kept"] == "sft" else "the GRPO model"
+    interval = " {:+.4f} [{:+.4f}, {:+.4f}]".format(*diff) if diff else ""
+    return (f"GRPO guard on {guard['rows']} {guard['split']} rows: checkpoints/grpo holds {shown}; {name} SFT "
+            f"{guard['sft'][name]:.4f}, GRPO {guard['grpo'][name]:.4f}, paired difference{interval}.")
+
+
 def write_report(run_dir: Path, split: str = "test") -> Path:
     """<run_dir>/report.md with the metrics tables of `split`, the paired difference GRPO made (when the run has
     both models), and plots: HR@K / NDCG@K against the baselines, training curves, SID code usage per level."""
@@ -133,6 +147,9 @@ def write_report(run_dir: Path, split: str = "test") -> Path:
                       paired_table(paired_differences([sft, run.root], split)), ""]
         plot = plots.metrics_plot(metrics, run.path(PLOT, name=f"metrics_{split}"))
         lines += [f"![HR@K and NDCG@K]({plot.relative_to(run.root)})", ""]
+    guard = guard_note(run.root)
+    if guard:
+        lines += [guard, ""]
     histories = {stage: log for stage in ("sft", "grpo") if (log := read_trainer_log(run.checkpoint(stage)))}
     if histories:
         plot = plots.training_curves(histories, run.path(PLOT, name="training"))
@@ -171,6 +188,9 @@ def main(argv: list[str] | None = None) -> None:
     if buckets:
         print()
         print(buckets)
+    for run_dir in map(Path, args.run_dir):
+        if guard := guard_note(run_dir):
+            print(f"\n{_run_label(run_dir)}: {guard}")
     if args.paired:
         print()
         print(paired_table(paired_differences(list(map(Path, args.run_dir)), args.split)))

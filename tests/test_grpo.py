@@ -18,6 +18,7 @@ from genrec.grpo import (
     GRPOStageConfig,
     check_groups_stay_whole,
     grpo_rows,
+    guard_final,
     run_grpo_stage,
 )
 from genrec.head import add_sid_head, label_scores
@@ -31,7 +32,7 @@ TINY_SFT = {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64, 
 # a few GRPO steps: groups of 4 completions, 2 prompts per step, selection on 8 valid rows
 TINY_GRPO = {"num_generations": 4, "per_device_train_batch_size": 8, "max_steps": 4, "eval_steps": 2,
              "save_steps": 2, "eval_rows": 8, "eval_num_beams": 10, "logging_steps": 1, "disable_tqdm": True,
-             "eval_on_start": False, "warmup_steps": 0}
+             "eval_on_start": False, "warmup_steps": 0, "guard": False}
 SEEN: list[dict] = []
 
 
@@ -154,6 +155,57 @@ def test_grpo_rows_use_the_one_prompt_builder():
             {"history": ["a"], "target": "x"}]
     out = grpo_rows(rows, sids, max_history=1)
     assert out == [{"prompt": "User history: <a_2><b_1>. Next item:", "target": "c", "target_sid": "<a_3><b_1>"}]
+
+
+def test_guarded_stage_ships_the_model_its_record_names(sft_run, tmp_path):
+    """With the guard on (the default), checkpoints/grpo holds the weights of the model that scored higher on the
+    whole valid split (the evaluate stage's search), GRPO's own log beside them, and genrec.json and the report
+    say which one it is. (Which model wins on a 12-row valid split is chance; the test below fixes a loser.)"""
+    from genrec.report import guard_note
+
+    overrides = {**TINY_GRPO, "guard": True, "max_steps": 2, "eval_strategy": "no", "load_best_model_at_end": False,
+                 "learning_rate": 30.0, "output_dir": str(tmp_path / "wrecked")}
+    run_grpo_stage(sft_run, GRPOStageConfig(config=str(ROOT / "configs/grpo/demo.yaml"), overrides=overrides),
+                   force=True)
+    final, start = sft_run / "checkpoints/grpo", sft_run / "checkpoints/sft"
+    guard = json.loads((final / "genrec.json").read_text())["guard"]
+    assert guard["rows"] == len((sft_run / "splits/valid.jsonl").read_text().splitlines())
+    assert guard["kept"] == ("grpo" if guard["grpo"]["NDCG@10"] > guard["sft"]["NDCG@10"] else "sft")
+    same = (final / "model.safetensors").read_bytes() == (start / "model.safetensors").read_bytes()
+    assert same == (guard["kept"] == "sft")
+    assert any("rollout/hit_in_group" in entry for entry in json.loads((final / "trainer_log.json").read_text()))
+    assert ("holds the SFT model" in guard_note(sft_run)) == (guard["kept"] == "sft")
+
+
+def test_guard_keeps_the_better_model_in_either_order(sft_run, tmp_path):
+    """Whichever checkpoint scores higher on valid is shipped, whichever of the two is called the start: in one
+    order the trained model loses and the SFT start is kept. A tie ships the start; a metric that is not a
+    ranking metric is refused."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from genrec.artifacts import Run
+
+    run, models = Run(sft_run), {"sft": sft_run / "checkpoints/sft", "weak": tmp_path / "weak"}
+    shutil.copytree(models["sft"], models["weak"])
+    weights = load_file(models["weak"] / "model.safetensors")  # the SFT model without its transformer layers
+    save_file({k: torch.zeros_like(v) if "layers" in k else v for k, v in weights.items()},
+              str(models["weak"] / "model.safetensors"))
+    for start, trained in (("sft", "weak"), ("weak", "sft")):
+        final = tmp_path / f"final-{trained}"
+        shutil.copytree(models[trained], final)
+        record = guard_final(run, models[start], final, "eval_NDCG@10")
+        assert record["sft"]["NDCG@10"] != record["grpo"]["NDCG@10"]  # the two models really differ
+        better = "sft" if record["sft"]["NDCG@10"] > record["grpo"]["NDCG@10"] else "grpo"
+        assert record["kept"] == better
+        shipped = models[start] if better == "sft" else models[trained]
+        assert (final / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    same = tmp_path / "same"
+    shutil.copytree(models["sft"], same)
+    assert guard_final(run, models["sft"], same, "NDCG@10")["kept"] == "sft"
+    with pytest.raises(ValueError, match="guard compares"):
+        guard_final(run, models["sft"], same, "eval_loss")
 
 
 def test_killed_grpo_run_resumes_to_the_same_final_step(sft_run, tmp_path):
