@@ -178,7 +178,8 @@ class TrieRollout:
         if self.args.rollout == "sample":
             return dict(zip(distinct, trie_sample_items(rec, distinct, size, self.args.sample_temperature, bf16),
                             strict=True))
-        recs = rec.rank_prompts(distinct, DecodeConfig(beam=size, batch_size=16, bf16=bf16, content_weight=0.0), k=size)
+        decode = DecodeConfig(beam=size, batch_size=16, bf16=bf16, content_weight=0.0)  # the policy's own beams
+        recs = rec.rank_prompts(distinct, decode, k=size)
         return {p: (r.items + r.items[-1:] * size)[:size] for p, r in zip(distinct, recs, strict=True)}
 
     def __call__(self, prompts: list[str], trainer) -> dict:
