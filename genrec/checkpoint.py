@@ -216,13 +216,14 @@ def load_item_interests(checkpoint: str | Path) -> ItemInterests | None:
         raise ValueError(f"{path} and {vectors_path.name} do not fit together ({e}); {fix}") from None
 
 
-def load_item_content(checkpoint: str | Path) -> ItemContent | None:
+def load_item_content(checkpoint: str | Path, item_ids: list[str] | None = None) -> ItemContent | None:
     """The items' text vectors saved with a checkpoint (the search's content prior), or None when it has none (a
-    checkpoint from before genrec saved them, or a run without the embed stage)."""
+    checkpoint from before genrec saved them, or a run without the embed stage). `item_ids`: the checkpoint's
+    sids.json order when the caller has already read it."""
     path = Path(checkpoint) / CHECKPOINT_ITEM_VECTORS
     if not path.is_file():
         return None
-    item_ids = list(read_sids(Path(checkpoint) / CHECKPOINT_SIDS))
+    item_ids = item_ids or list(read_sids(Path(checkpoint) / CHECKPOINT_SIDS))
     try:
         return ItemContent(item_ids, np.load(path))
     except (OSError, ValueError) as e:

@@ -163,5 +163,6 @@ def load_recommender(checkpoint: str | Path, *, device: str | None = None, dtype
     model.to(device).eval()
     logger.info("loaded %s on %s (%d items, max_history %s)", checkpoint, device, len(sids), trained.max_history)
     return Recommender(model, tokenizer, sids, max_history=trained.max_history, bf16=trained.bf16, titles=titles,
-                       interests=load_item_interests(checkpoint), content=load_item_content(checkpoint),
+                       interests=load_item_interests(checkpoint),
+                       content=load_item_content(checkpoint, list(own_sids) or None),
                        content_weight=trained.content_weight)

@@ -84,6 +84,7 @@ class SIDTrie:
         self.indptr = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(counts, 0)])
         self.node_item = node_item
         self.node_terminal = node_item >= 0
+        self._level_ranges: list[tuple[int, int]] | None = None  # filled by _levels on first use
         assert bool((self.edge_key[1:] > self.edge_key[:-1]).all()), "edges must be sorted by (parent, token)"
 
     # ------------------------------------------------------------------------- construction
@@ -261,7 +262,7 @@ class SIDTrie:
 
     def _levels(self) -> list[tuple[int, int]]:
         """Node ranges ``[start, end)`` per level (nodes are numbered level by level; level 0 is the root)."""
-        if getattr(self, "_level_ranges", None) is None:
+        if self._level_ranges is None:
             ranges, (start, end) = [], (0, 1)
             while start < end:
                 ranges.append((start, end))

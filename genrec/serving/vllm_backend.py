@@ -100,6 +100,7 @@ class VLLMRecommender:
         self.base, self.step = base, step
         self.sid_strings, self.titles, self.sids = base.sid_strings, base.titles, base.sids
         self.interests = base.interests
+        self._warned_content = False
 
     def recommend(self, histories: Sequence[Sequence[str]], decode: DecodeConfig | None = None, *,
                   k: int | None = None, progress: bool = False) -> list[Recommendation]:
@@ -107,10 +108,10 @@ class VLLMRecommender:
 
         decode = decode or DecodeConfig()
         weight = self.base.resolved_content_weight(decode)
-        if weight and self.base.content is not None and not getattr(self, "_warned", False):
+        if weight and self.base.content is not None and not self._warned_content:
             logger.warning("the vLLM backend ranks by the model alone: content_weight=%s is not applied (the "
                            "transformers backend applies it)", weight)
-            self._warned = True
+            self._warned_content = True
         prompts = [encode_prompt(self.base.tokenizer, self.base.prompt(h)) for h in histories]
         recs = constrained_beam_search(self.step, prompts, self.base.trie, beam=decode.beam)
         k = k or decode.beam
