@@ -7,9 +7,21 @@ completions that beat their group's mean, with a KL penalty to the SFT model. Ro
 - ``rollout: beam`` (default, MiniOneRec's recipe): each distinct prompt is decoded once by genrec's trie-constrained
   beam search with ``num_generations`` beams (`Recommender.rank_prompts`, the decoding module's beam search), and the
   beams are handed out as its group, best first, with their rank in the ``beam_rank`` column the rank reward reads;
-- ``rollout: sample``: the group is drawn by trie-constrained sampling (`genrec.decoding.beam.trie_sample`).
-  ``inject_target`` replaces the last completion of a group that lacks the target with the target, so every group
-  has a hit (the zero-signal problem: with hit + rank most groups have no hit and all rewards 0).
+- ``rollout: sample``: the group is drawn by trie-constrained sampling (`genrec.decoding.beam.trie_sample`);
+- ``rollout: mixed``: the first ``beam_share`` of the group are the policy's best beams (best first), the rest are
+  drawn by trie-constrained sampling. The KL penalty (``beta`` > 0) counts only the sampled completions: k3 is an
+  estimate of KL(policy || reference) only for samples of the policy, and on beams it explodes (docs/results.md,
+  "GRPO on Industrial"); the beam completions get the policy's own log-probabilities as their reference.
+  With ``num_iterations`` 1 the importance ratio is 1 for every completion (the rollout is the current policy).
+
+``rollout_prior`` ranks the beams with the search the model is served with: the SFT start's content prior
+(``content_weight`` from its genrec.json, genrec.content) added to the policy's scores, so the rank reward penalises
+the wrong items at the top of the list users would see.
+
+``inject_target`` replaces the last completion of a group that lacks the target with the target, so every group
+has a hit (the zero-signal problem: with hit + rank most groups have no hit and all rewards 0). A completion's
+rank (``beam_rank``, which the rank reward reads) is its position in the group: beams best first, then samples in
+draw order.
 
 The policy's log-probabilities use the SID softmax the model was trained and is decoded with (`genrec.head`).
 Logged every step besides TRL's own (``rewards/<name>/mean``, ``frac_reward_zero_std``, ``kl``):
@@ -37,6 +49,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from genrec.artifacts import INTERESTS, SIDS, SPLIT, Run
 from genrec.checkpoint import CHECKPOINT_META, has_model, replace_with_copy, update_metadata, write_checkpoint_extras
+from genrec.content import ItemContent
 from genrec.decoding.beam import DecodeConfig, trie_sample
 from genrec.head import add_sid_head
 from genrec.precision import BF16_HELP, resolve_trainer_bf16
@@ -61,7 +74,7 @@ from genrec.training import (
 
 logger = logging.getLogger(__name__)
 
-ROLLOUTS = ("beam", "sample")
+ROLLOUTS = ("beam", "sample", "mixed")
 
 
 def _json_mapping(value, name: str) -> dict:
@@ -85,19 +98,31 @@ class GenRecGRPOArguments(TrainingOptions):
     sft_checkpoint: str | None = field(
         default=None, metadata={"help": "Model to start from; default <run_dir>/checkpoints/sft."}
     )
-    rewards: dict[str, float] | str = field(
+    # "| str | None": transformers' argument parser then reads the flag as a string (JSON), as TrainingArguments does
+    rewards: dict[str, float] | str | None = field(
         default_factory=lambda: {"hit": 1.0, "rank": 1.0},
         metadata={"help": "Reward name (genrec.rewards.REWARDS, or a dotted path) -> weight, as a mapping or JSON. "
                   "E.g. {hit: 1, rank: 1, prefix: 0.5, interest: 0.5}."},
     )
-    reward_params: dict[str, dict] | str = field(
+    reward_params: dict[str, dict] | str | None = field(
         default_factory=dict,
         metadata={"help": "Parameters of parametrised rewards, e.g. {prefix: {curve: sqrt}, interest: {floor: 0.3}}."},
     )
     rollout: str = field(
-        default="beam", metadata={"help": "'beam' (trie-constrained beam search) or 'sample' (constrained sampling)."}
+        default="beam", metadata={"help": "'beam' (trie-constrained beam search), 'sample' (constrained sampling) "
+                                  "or 'mixed' (the first beam_share of each group from the beam, the rest sampled; "
+                                  "the KL penalty counts the sampled ones only)."}
     )
-    sample_temperature: float = field(default=1.0, metadata={"help": "rollout 'sample': softmax temperature."})
+    sample_temperature: float = field(default=1.0, metadata={"help": "rollouts 'sample', 'mixed': temperature."})
+    beam_share: float = field(
+        default=0.5, metadata={"help": "rollout 'mixed': share of each group taken from the beam (rounded; at least "
+                               "one beam and one sample)."}
+    )
+    rollout_prior: bool = field(
+        default=False,
+        metadata={"help": "Beam rollouts rank with the start's content prior (the served search) instead of the "
+                  "policy's scores alone; no effect when the start chose content weight 0 or has no item vectors."},
+    )
     inject_target: bool = field(
         default=False, metadata={"help": "Put the target in every group that lacks it (as its last completion)."}
     )
@@ -116,8 +141,8 @@ class GenRecGRPOArguments(TrainingOptions):
         super().__post_init__()
         from genrec.rewards import REWARDS
 
-        self.rewards = {str(k): float(v) for k, v in _json_mapping(self.rewards, "rewards").items()}
-        self.reward_params = _json_mapping(self.reward_params, "reward_params")
+        self.rewards = {str(k): float(v) for k, v in _json_mapping(self.rewards or {}, "rewards").items()}
+        self.reward_params = _json_mapping(self.reward_params or {}, "reward_params")
         if not self.rewards:
             raise ValueError("rewards is empty; give at least one reward, e.g. {hit: 1.0}")
         unknown = [n for n in self.rewards if n not in REWARDS and "." not in n]
@@ -130,6 +155,9 @@ class GenRecGRPOArguments(TrainingOptions):
             raise ValueError(f"rollout={self.rollout!r}: use one of {', '.join(ROLLOUTS)}")
         if self.sample_temperature <= 0 or self.train_rows < 0:
             raise ValueError("sample_temperature must be > 0 and train_rows >= 0")
+        if not 0 < self.beam_share < 1:
+            raise ValueError(f"beam_share={self.beam_share}: give the share of each group taken from the beam, "
+                             "strictly between 0 and 1 (rollout 'beam' or 'sample' for all of one kind)")
 
     @property
     def final_dir(self) -> Path:
@@ -162,33 +190,57 @@ class TrieRollout:
     modulo the group size, so the processes sharing a group hand out disjoint ranks of the same beam list.
     """
 
-    def __init__(self, trainer_args: GenRecGRPOArguments, sids: dict, max_history: int | None):
+    def __init__(self, trainer_args: GenRecGRPOArguments, sids: dict, max_history: int | None,
+                 content: ItemContent | None = None, content_weight: float = 0.0):
         self.args, self.sids, self.max_history = trainer_args, sids, max_history
+        self.content, self.content_weight = content, content_weight
         self._trie = None
 
     def recommender(self, trainer) -> Recommender:
         rec = Recommender(trainer.accelerator.unwrap_model(trainer.model), trainer.processing_class, self.sids,
-                          max_history=self.max_history, bf16=bool(trainer.args.bf16), trie=self._trie)
+                          max_history=self.max_history, bf16=bool(trainer.args.bf16), trie=self._trie,
+                          content=self.content, content_weight=self.content_weight)
         self._trie = rec.trie
+        self.content = rec.content  # in trie order from now on
         return rec
 
-    def groups(self, rec: Recommender, prompts: list[str], size: int, bf16: bool) -> dict[str, list[str]]:
-        """Each distinct prompt's `size` items, best first (beam) or in draw order (sample)."""
-        distinct = list(dict.fromkeys(prompts))
+    def beams_per_group(self, size: int) -> int:
+        """How many completions of a group of `size` come from the beam (the rest are sampled)."""
+        if self.args.rollout == "beam":
+            return size
         if self.args.rollout == "sample":
-            return dict(zip(distinct, trie_sample_items(rec, distinct, size, self.args.sample_temperature, bf16),
-                            strict=True))
-        decode = DecodeConfig(beam=size, batch_size=16, bf16=bf16, content_weight=0.0)  # the policy's own beams
-        recs = rec.rank_prompts(distinct, decode, k=size)
-        return {p: (r.items + r.items[-1:] * size)[:size] for p, r in zip(distinct, recs, strict=True)}
+            return 0
+        return min(size - 1, max(1, round(size * self.args.beam_share)))
+
+    def groups(self, rec: Recommender, prompts: list[str], size: int, bf16: bool,
+               histories: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
+        """Each distinct prompt's `size` items: its beams best first, then its samples in draw order. `histories`
+        (prompt -> item ids) lets ``rollout_prior`` add the content prior to the beams' scores."""
+        distinct = list(dict.fromkeys(prompts))
+        beams = self.beams_per_group(size)
+        groups = {p: [] for p in distinct}
+        if beams:
+            decode = DecodeConfig(beam=beams, batch_size=16, bf16=bf16, content_weight=0.0)  # the policy's own beams
+            prior = None
+            if self.args.rollout_prior and histories:
+                prior = rec.content_prior([histories[p] for p in distinct], DecodeConfig(content_weight=None))
+            for p, r in zip(distinct, rec.rank_prompts(distinct, decode, k=beams, item_prior=prior), strict=True):
+                groups[p] = (r.items + r.items[-1:] * beams)[:beams]
+        if size - beams:
+            drawn = trie_sample_items(rec, distinct, size - beams, self.args.sample_temperature, bf16)
+            for p, items in zip(distinct, drawn, strict=True):
+                groups[p] = groups[p] + items
+        return groups
 
     def __call__(self, prompts: list[str], trainer) -> dict:
         mode = "train" if trainer.model.training else "eval"
         size = trainer.num_generations if mode == "train" else trainer.num_generations_eval
         rec = self.recommender(trainer)
-        groups = self.groups(rec, prompts, size, bool(trainer.args.bf16))
         inputs = getattr(trainer, "_rollout_inputs", None) or [{}] * len(prompts)
+        histories = {p: row["history"] for p, row in zip(prompts, inputs, strict=True) if "history" in row}
+        groups = self.groups(rec, prompts, size, bool(trainer.args.bf16), histories)
         start = trainer.accelerator.process_index * len(prompts)
+        beams = self.beams_per_group(size)
         items, ranks, injected, hits = [], [], 0, 0
         for j, prompt in enumerate(prompts):
             rank = (start + j) % size
@@ -203,6 +255,7 @@ class TrieRollout:
         trainer._metrics[mode]["rollout/hit_in_group"].append(hits / n_groups)
         trainer._metrics[mode]["rollout/injected"].append(injected / n_groups)
         trainer._metrics[mode]["rollout/distinct_items"].append(len(set(items)) / len(items))
+        trainer._rollout_sampled = [rank >= beams for rank in ranks]
         return {"prompt_ids": [encode_prompt(rec.tokenizer, p) for p in prompts],
                 "completion_ids": [rec.completion_ids(i) for i in items], "logprobs": None,
                 "beam_rank": ranks, "rollout_item": items}
@@ -239,11 +292,34 @@ class GenRecGRPOTrainer(GRPOTrainer):
             add_sid_head(self.accelerator.unwrap_model(self.ref_model), sid_ids)
 
     def _generate_and_score_completions(self, inputs):
-        self._rollout_inputs = inputs  # the rollout reads each group's target (inject_target)
+        self._rollout_inputs, self._rollout_sampled = inputs, None  # the rollout reads each group's target
         try:
-            return super()._generate_and_score_completions(inputs)
+            output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_inputs = None
+        sampled = self._rollout_sampled
+        if self.beta != 0.0 and self.rollout_func.args.rollout == "mixed" and sampled is not None:
+            output["ref_per_token_logps"] = self._kl_for_sampled(output, sampled)
+        return output
+
+    @torch.no_grad()
+    def _kl_for_sampled(self, output: dict, sampled: list[bool]) -> torch.Tensor:
+        """The reference log-probs with the beam rows replaced by the policy's own, so that k3 (exp(ref - logp) -
+        (ref - logp) - 1, zero where ref = logp) counts the sampled completions only."""
+        ref = output["ref_per_token_logps"].clone()
+        beam_rows = torch.tensor([not s for s in sampled], device=ref.device)
+        if not beam_rows.any():
+            return ref
+        if "old_per_token_logps" in output:  # TRL computed the policy's log-probs at rollout time already
+            ref[beam_rows] = output["old_per_token_logps"][beam_rows]
+            return ref
+        prompt_ids, completion_ids = output["prompt_ids"][beam_rows], output["completion_ids"][beam_rows]
+        mask = torch.cat([output["prompt_mask"][beam_rows], output["completion_mask"][beam_rows]], dim=1)
+        own, _, _ = self._get_per_token_logps_and_entropies(
+            self.model, torch.cat([prompt_ids, completion_ids], dim=1), mask, completion_ids.size(1),
+            self.args.per_device_train_batch_size)
+        ref[beam_rows] = own
+        return ref
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """HR@K / NDCG@K of constrained beam search on the valid rows (the reward-based eval loop is skipped)."""
@@ -265,9 +341,11 @@ class GenRecGRPOTrainer(GRPOTrainer):
 def grpo_rows(rows: list[dict], sid_strings: dict[str, str], max_history: int | None, n: int = 0, seed: int = 0
               ) -> list[dict]:
     """Prompts of the train rows whose target and at least one history item have a SID: prompt (the one prompt
-    builder), target (item id) and target_sid, the columns the rewards read. `n` > 0 keeps a fixed random subset."""
+    builder), target (item id) and target_sid, the columns the rewards read, and the history (item ids) the
+    content prior reads. `n` > 0 keeps a fixed random subset."""
     return [{"prompt": next_item_prompt(history, sid_strings, max_history), "target": target,
-             "target_sid": sid_strings[target]} for history, target in selection_rows(rows, sid_strings, n, seed)]
+             "target_sid": sid_strings[target], "history": list(history)}
+            for history, target in selection_rows(rows, sid_strings, n, seed)]
 
 
 def build_rewards(args: GenRecGRPOArguments, run: Run, sid_strings: dict[str, str]) -> list:
@@ -341,9 +419,10 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
     train = Dataset.from_list(grpo_rows(run.split("train"), sid_strings, start.max_history, args.train_rows,
                                         training_args.seed))
     rows = selection_rows(run.split("valid"), start.sids, args.eval_rows, seed=training_args.seed)
-    rollout = TrieRollout(args, start.sids, start.max_history)
+    rollout = TrieRollout(args, start.sids, start.max_history, start.content, start.content_weight)
+    # selection ranks by the model alone, or as served (content prior included) when the rollouts do
     decode = DecodeConfig(beam=args.eval_num_beams, batch_size=training_args.per_device_eval_batch_size,
-                          bf16=bool(training_args.bf16), content_weight=0.0)  # selection ranks by the model alone
+                          bf16=bool(training_args.bf16), content_weight=None if args.rollout_prior else 0.0)
     trainer = GenRecGRPOTrainer(
         model=model, reward_funcs=build_rewards(args, run, sid_strings), args=training_args, train_dataset=train,
         eval_dataset=train.select(range(min(len(train), training_args.num_generations))),

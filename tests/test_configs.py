@@ -95,3 +95,16 @@ def test_accelerate_config(path):
 def test_deepspeed_json(path):
     ds = json.loads(path.read_text())
     assert ds["train_micro_batch_size_per_gpu"] == "auto"  # the trainer fills batch sizes from SFTConfig
+
+
+def test_grpo_reward_flags_take_json_on_the_command_line():
+    """`--rewards` / `--reward_params` override a YAML's mappings from the command line, as JSON (their help says so)."""
+    from genrec.grpo import GRPO_DATACLASSES
+
+    args = ["--config", str(CONFIGS / "grpo/industrial-cpu.yaml"), "--use_cpu", "true",
+            "--rewards", '{"hit": 1.0, "rank": 1.0, "interest": 0.2}', "--reward_params", '{"interest": {"floor": 0.5}}']
+    script_args, _ = TrlParser(GRPO_DATACLASSES).parse_args_and_config(args)
+    assert script_args.rewards == {"hit": 1.0, "rank": 1.0, "interest": 0.2}
+    assert script_args.reward_params == {"interest": {"floor": 0.5}}
+    with pytest.raises(ValueError, match="not JSON"):
+        TrlParser(GRPO_DATACLASSES).parse_args_and_config(args[:4] + ["--rewards", "hit=1"])

@@ -21,7 +21,9 @@ from genrec.grpo import (
     guard_final,
     run_grpo_stage,
 )
+from genrec.decoding.beam import DecodeConfig
 from genrec.head import add_sid_head, label_scores
+from genrec.recommender import Recommender
 from genrec.sft import SFTStageConfig, run_sft_stage
 from genrec.sid import parse_sid
 
@@ -101,6 +103,85 @@ def test_sampled_rollouts_stay_in_the_catalog(sft_run, monkeypatch):
     assert SEEN and all(tuple(parse_sid(c.strip())) in sids for call in SEEN for c in call["completions"])
 
 
+def test_mixed_rollouts_hand_out_beams_then_samples(sft_run, monkeypatch):
+    """rollout: mixed: the first beam_share of each group are distinct beams, best first; the rest are sampled
+    catalog items; ranks run over the whole group."""
+    monkeypatch.syspath_prepend(str(ROOT / "tests"))
+    SEEN.clear()
+    overrides = {**TINY_GRPO, "max_steps": 1, "rollout": "mixed", "beam_share": 0.5,
+                 "output_dir": str(sft_run / "mixed"), "eval_strategy": "no", "load_best_model_at_end": False,
+                 "rewards": {"hit": 1.0, "test_grpo.recording_reward": 0.0}}
+    run_grpo_stage(sft_run, GRPOStageConfig(config=str(ROOT / "configs/grpo/demo.yaml"), overrides=overrides),
+                   force=True)
+    sids = json.loads((sft_run / "sids.json").read_text())
+    catalog = {tuple(codes) for codes in sids.values()}
+    assert SEEN
+    for call in SEEN:
+        assert all(tuple(parse_sid(c.strip())) in catalog for c in call["completions"])
+        for g in range(0, len(call["completions"]), 4):
+            assert call["ranks"][g:g + 4] == [0, 1, 2, 3]
+            assert call["completions"][g] != call["completions"][g + 1]  # two distinct beams
+    from genrec.grpo import TrieRollout  # with 4 per group: 2 beams, 2 samples; never none of either
+    rollout = TrieRollout(GenRecGRPOArguments(rollout="mixed", beam_share=0.9), {}, None)
+    assert [rollout.beams_per_group(n) for n in (2, 4, 16)] == [1, 3, 14]
+
+
+def test_mixed_rollouts_count_the_kl_of_sampled_completions_only(sft_run, monkeypatch):
+    """With beta > 0 the beam completions carry the policy's own log-probabilities as their reference (k3 = 0
+    there), while the sampled ones keep the reference model's."""
+    from genrec.grpo import GenRecGRPOTrainer
+
+    seen = []
+    original = GenRecGRPOTrainer._kl_for_sampled
+
+    def spy(self, output, sampled):
+        ref = original(self, output, sampled)
+        seen.append((output["ref_per_token_logps"].clone(), ref, list(sampled)))
+        return ref
+
+    monkeypatch.setattr(GenRecGRPOTrainer, "_kl_for_sampled", spy)
+    overrides = {**TINY_GRPO, "max_steps": 2, "rollout": "mixed", "beta": 0.1, "learning_rate": 0.05,
+                 "output_dir": str(sft_run / "mixed-kl"), "eval_strategy": "no", "load_best_model_at_end": False,
+                 "rewards": {"hit": 1.0, "rank": 1.0}}
+    run_grpo_stage(sft_run, GRPOStageConfig(config=str(ROOT / "configs/grpo/demo.yaml"), overrides=overrides),
+                   force=True)
+    assert len(seen) == 2
+    reference, ref, sampled = seen[-1]  # the second step: the policy has moved away from the reference
+    rows = torch.tensor(sampled)
+    assert rows.any() and (~rows).any()
+    assert torch.equal(ref[rows], reference[rows])  # sampled rows: the reference model's log-probs
+    assert not torch.allclose(ref[~rows], reference[~rows])  # beam rows: the policy's own
+
+
+def test_rollout_prior_ranks_beams_as_served(sft_run):
+    """rollout_prior: the beams of a group come from the served search (policy + the start's content prior); with a
+    prior that dominates, they are the items closest to the history's content, in that order."""
+    import numpy as np
+
+    from genrec.content import ItemContent
+    from genrec.grpo import TrieRollout
+    from genrec.recommender import load_recommender
+
+    start = load_recommender(sft_run / "checkpoints/sft", device="cpu")
+    items = list(start.sids)
+    vectors = np.random.default_rng(0).normal(size=(len(items), 8)).astype(np.float32)
+    content = ItemContent(items, vectors)
+    history = items[:2]
+    prompt = start.prompt(history)
+    for prior, weight in ((False, 0.0), (True, 1e4)):
+        args = GenRecGRPOArguments(rollout="beam", rollout_prior=prior)
+        rollout = TrieRollout(args, start.sids, start.max_history, content, weight)
+        rec = Recommender(start.model, start.tokenizer, start.sids, max_history=start.max_history,
+                          content=content, content_weight=weight)
+        (group,) = rollout.groups(rec, [prompt], 4, False, {prompt: history}).values()
+        served = [r.items for r in rec.recommend([history], DecodeConfig(beam=4, bf16=False), k=4)][0]
+        alone = [r.items for r in rec.recommend([history], DecodeConfig(beam=4, bf16=False, content_weight=0.0),
+                                                k=4)][0]
+        assert group == (served if prior else alone)
+    closest = np.argsort(-content.similarity([history], 0.5)[0])[:4]
+    assert group == [content.item_ids[i] for i in closest]
+
+
 def test_fused_head_scores_sid_positions_over_sid_tokens():
     """The log-probs TRL's GRPO reads (fused_lm_head=True) equal the SID softmax SFT trains."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -130,6 +211,7 @@ def test_fused_head_scores_sid_positions_over_sid_tokens():
     ({"rewards": {}}, "at least one reward"),  # nothing to optimise
     ({"rewards": {"hit": 1.0}, "reward_params": {"prefix": {"curve": "sqrt"}}}, "not in rewards"),  # stray params
     ({"rollout": "greedy"}, "rollout"),  # unknown rollout
+    ({"rollout": "mixed", "beam_share": 1.0}, "beam_share"),  # all beams is rollout 'beam'
 ])
 def test_bad_grpo_arguments(overrides, error):
     with pytest.raises(ValueError, match=error):
@@ -154,7 +236,8 @@ def test_grpo_rows_use_the_one_prompt_builder():
     rows = [{"history": ["a", "x", "b"], "target": "c"}, {"history": ["x"], "target": "a"},
             {"history": ["a"], "target": "x"}]
     out = grpo_rows(rows, sids, max_history=1)
-    assert out == [{"prompt": "User history: <a_2><b_1>. Next item:", "target": "c", "target_sid": "<a_3><b_1>"}]
+    assert out == [{"prompt": "User history: <a_2><b_1>. Next item:", "target": "c", "target_sid": "<a_3><b_1>",
+                    "history": ["a", "x", "b"]}]
 
 
 def test_guarded_stage_ships_the_model_its_record_names(sft_run, tmp_path):
