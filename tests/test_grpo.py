@@ -13,6 +13,7 @@ import yaml
 from test_sft import ROOT, VENV_BIN, _env, _flags, _free_port, kill_once_saved
 from test_tasks import make_run_dir
 
+from genrec.decoding.beam import DecodeConfig
 from genrec.grpo import (
     GenRecGRPOArguments,
     GRPOStageConfig,
@@ -21,7 +22,6 @@ from genrec.grpo import (
     guard_final,
     run_grpo_stage,
 )
-from genrec.decoding.beam import DecodeConfig
 from genrec.head import add_sid_head, label_scores
 from genrec.recommender import Recommender
 from genrec.sft import SFTStageConfig, run_sft_stage
