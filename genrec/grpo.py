@@ -75,6 +75,7 @@ from genrec.training import (
 logger = logging.getLogger(__name__)
 
 ROLLOUTS = ("beam", "sample", "mixed")
+GUARD_RULES = ("significant", "better")
 
 
 def _json_mapping(value, name: str) -> dict:
@@ -132,9 +133,16 @@ class GenRecGRPOArguments(TrainingOptions):
     guard: bool = field(
         default=True,
         metadata={"help": "After training, rank the whole valid split with the SFT start and with the trained model "
-                  "(the evaluate stage's search) and keep the better by metric_for_best_model (a tie keeps the "
-                  "SFT start), so the stage never ships a model worse than its start on valid; the choice and the "
-                  "paired difference go into the final checkpoint's genrec.json."},
+                  "(the evaluate stage's search) and keep GRPO only where it beats the start by "
+                  "metric_for_best_model as guard_rule asks (else, ties included, the SFT start), so the stage "
+                  "never ships a model worse than its start on valid; the choice and the paired difference go into "
+                  "the final checkpoint's genrec.json."},
+    )
+    guard_rule: str = field(
+        default="significant",
+        metadata={"help": "When the guard ships GRPO: 'significant' (the paired 95% interval of GRPO minus SFT on "
+                  "valid lies above zero) or 'better' (any higher score). Valid gains inside the interval did not "
+                  "carry to test (docs/results.md, issue 24), hence the default."},
     )
 
     def __post_init__(self):
@@ -155,6 +163,8 @@ class GenRecGRPOArguments(TrainingOptions):
             raise ValueError(f"rollout={self.rollout!r}: use one of {', '.join(ROLLOUTS)}")
         if self.sample_temperature <= 0 or self.train_rows < 0:
             raise ValueError("sample_temperature must be > 0 and train_rows >= 0")
+        if self.guard_rule not in GUARD_RULES:
+            raise ValueError(f"guard_rule={self.guard_rule!r}: use one of {', '.join(GUARD_RULES)}")
         if not 0 < self.beam_share < 1:
             raise ValueError(f"beam_share={self.beam_share}: give the share of each group taken from the beam, "
                              "strictly between 0 and 1 (rollout 'beam' or 'sample' for all of one kind)")
@@ -443,17 +453,34 @@ def train_grpo(args: GenRecGRPOArguments, training_args: GenRecGRPOConfig, *, fr
                rewards=args.rewards, rollout=args.rollout, started_from=str(args.start_dir),
                content_weight=start.content_weight)  # the prior's weight its SFT start chose on valid
     if args.guard and trainer.is_world_process_zero():
-        guard_final(run, args.start_dir, args.final_dir, training_args.metric_for_best_model or "eval_NDCG@10")
+        guard_final(run, args.start_dir, args.final_dir, training_args.metric_for_best_model or "eval_NDCG@10",
+                    rule=args.guard_rule)
     trainer.accelerator.wait_for_everyone()
     return args.final_dir
 
 
+def guard_keeps_grpo(rule: str, sft: float, grpo: float, difference: tuple[float, float, float]) -> bool:
+    """The guard's decision from the two valid scores and the paired difference (mean, low, high) of GRPO minus SFT.
+
+    Example:
+        >>> guard_keeps_grpo("better", .1166, .1174, (.0007, -.0003, .0017))
+        True
+        >>> guard_keeps_grpo("significant", .1166, .1174, (.0007, -.0003, .0017))
+        False
+    """
+    if rule not in GUARD_RULES:
+        raise ValueError(f"guard rule {rule!r}: use one of {', '.join(GUARD_RULES)}")
+    return difference[1] > 0 if rule == "significant" else grpo > sft
+
+
 def guard_final(run: Run, start_dir: Path, final_dir: Path, metric: str,
-                decode: DecodeConfig | None = None) -> dict:
-    """Keep the better of the SFT start and the GRPO model in `final_dir`, judged on the whole valid split with the
-    evaluate stage's search (`decode`, default `DecodeConfig()`) by `metric` (a tie keeps the start). Both
-    rankings are written to eval/valid-sft and eval/valid-grpo; the choice, both scores and the paired difference
-    (95% bootstrap) go into the final checkpoint's genrec.json under "guard". Returns that record."""
+                decode: DecodeConfig | None = None, rule: str = "significant") -> dict:
+    """Keep the SFT start or the GRPO model in `final_dir`, judged on the whole valid split with the evaluate
+    stage's search (`decode`, default `DecodeConfig()`) by `metric`: GRPO is kept when the paired 95% interval of
+    its difference lies above zero (`rule` "significant") or when it scores higher at all ("better"); otherwise,
+    ties included, the start. Both rankings are written to eval/valid-sft and eval/valid-grpo; the choice, the rule,
+    both scores and the paired difference (95% bootstrap) go into the final checkpoint's genrec.json under "guard".
+    Returns that record."""
     from genrec.evaluate import evaluate_checkpoint
     from genrec.report import COLUMNS, paired_differences
 
@@ -466,16 +493,17 @@ def guard_final(run: Run, start_dir: Path, final_dir: Path, metric: str,
                                          progress=False)
               for stage, ckpt in (("sft", start_dir), ("grpo", final_dir))}
     (diff,) = paired_differences([dirs["sft"], dirs["grpo"]], "valid")
-    kept = "grpo" if scores["grpo"][name] > scores["sft"][name] else "sft"
-    record = {"split": "valid", "rows": scores["sft"]["rows"], "metric": name, "kept": kept,
+    kept = "grpo" if guard_keeps_grpo(rule, scores["sft"][name], scores["grpo"][name], diff[name]) else "sft"
+    record = {"split": "valid", "rows": scores["sft"]["rows"], "metric": name, "rule": rule, "kept": kept,
               "sft": {k: scores["sft"][k] for k in ("HR@10", "NDCG@10", name)},
               "grpo": {k: scores["grpo"][k] for k in ("HR@10", "NDCG@10", name)},
               "difference": {k: list(diff[k]) for k in ("HR@10", "NDCG@10") if k in diff},
               "started_from": str(start_dir)}
     if kept == "sft":
         replace_with_copy(start_dir, final_dir, guard=record, stage="grpo", shipped="sft")
-        logger.warning("guard: GRPO did not beat its SFT start on valid (%s %.4f vs %.4f, paired difference "
-                       "%+.4f [%+.4f, %+.4f]); %s holds the SFT model", name, scores["grpo"][name],
+        logger.warning("guard: GRPO did not beat its SFT start on valid%s (%s %.4f vs %.4f, paired difference "
+                       "%+.4f [%+.4f, %+.4f]); %s holds the SFT model",
+                       " with an interval above zero" if rule == "significant" else "", name, scores["grpo"][name],
                        scores["sft"][name], *diff[name], final_dir)
     else:
         update_metadata(final_dir, guard=record, shipped="grpo")

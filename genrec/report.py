@@ -122,7 +122,8 @@ def guard_note(run_dir: Path) -> str | None:
     if not isinstance(guard, dict):
         return None
     name, diff = guard["metric"], guard.get("difference", {}).get(guard["metric"])
-    shown = "the SFT model (GRPO did not beat it)" if guard["kept"] == "sft" else "the GRPO model"
+    beat = "beat it" if guard.get("rule", "better") == "better" else "beat it with an interval above zero"
+    shown = f"the SFT model (GRPO did not {beat})" if guard["kept"] == "sft" else "the GRPO model"
     interval = " {:+.4f} [{:+.4f}, {:+.4f}]".format(*diff) if diff else ""
     return (f"GRPO guard on {guard['rows']} {guard['split']} rows: checkpoints/grpo holds {shown}; {name} SFT "
             f"{guard['sft'][name]:.4f}, GRPO {guard['grpo'][name]:.4f}, paired difference{interval}.")

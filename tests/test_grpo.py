@@ -212,6 +212,7 @@ def test_fused_head_scores_sid_positions_over_sid_tokens():
     ({"rewards": {"hit": 1.0}, "reward_params": {"prefix": {"curve": "sqrt"}}}, "not in rewards"),  # stray params
     ({"rollout": "greedy"}, "rollout"),  # unknown rollout
     ({"rollout": "mixed", "beam_share": 1.0}, "beam_share"),  # all beams is rollout 'beam'
+    ({"guard_rule": "usually"}, "guard_rule"),  # unknown guard rule
 ])
 def test_bad_grpo_arguments(overrides, error):
     with pytest.raises(ValueError, match=error):
@@ -253,17 +254,32 @@ def test_guarded_stage_ships_the_model_its_record_names(sft_run, tmp_path):
     final, start = sft_run / "checkpoints/grpo", sft_run / "checkpoints/sft"
     guard = json.loads((final / "genrec.json").read_text())["guard"]
     assert guard["rows"] == len((sft_run / "splits/valid.jsonl").read_text().splitlines())
-    assert guard["kept"] == ("grpo" if guard["grpo"]["NDCG@10"] > guard["sft"]["NDCG@10"] else "sft")
+    assert guard["rule"] == "significant"  # the default: GRPO must beat SFT with the interval above zero
+    assert guard["kept"] == ("grpo" if guard["difference"]["NDCG@10"][1] > 0 else "sft")
     same = (final / "model.safetensors").read_bytes() == (start / "model.safetensors").read_bytes()
     assert same == (guard["kept"] == "sft")
     assert any("rollout/hit_in_group" in entry for entry in json.loads((final / "trainer_log.json").read_text()))
     assert ("holds the SFT model" in guard_note(sft_run)) == (guard["kept"] == "sft")
 
 
-def test_guard_keeps_the_better_model_in_either_order(sft_run, tmp_path):
-    """Whichever checkpoint scores higher on valid is shipped, whichever of the two is called the start: in one
-    order the trained model loses and the SFT start is kept. A tie ships the start; a metric that is not a
-    ranking metric is refused."""
+@pytest.mark.parametrize("rule, sft, grpo, difference, keeps", [
+    ("significant", .1166, .1174, (.0007, -.0003, .0017), False),  # higher on valid, interval across zero: SFT
+    ("significant", .1166, .1226, (.0060, .0021, .0099), True),  # interval above zero: GRPO
+    ("better", .1166, .1174, (.0007, -.0003, .0017), True),  # any higher score
+    ("better", .1166, .1166, (0.0, 0.0, 0.0), False),  # a tie keeps the start
+    ("significant", .1174, .1166, (-.0007, -.0017, .0003), False),
+])
+def test_guard_decision(rule, sft, grpo, difference, keeps):
+    from genrec.grpo import guard_keeps_grpo
+
+    assert guard_keeps_grpo(rule, sft, grpo, difference) is keeps
+
+
+@pytest.mark.parametrize("rule", ["better", "significant"])
+def test_guard_keeps_the_better_model_in_either_order(sft_run, tmp_path, rule):
+    """Whichever checkpoint scores higher on valid is shipped ('significant': only with its paired interval above
+    zero), whichever of the two is called the start: in one order the trained model loses and the SFT start is
+    kept. A tie ships the start; a metric that is not a ranking metric is refused."""
     import shutil
 
     from safetensors.torch import load_file, save_file
@@ -278,17 +294,21 @@ def test_guard_keeps_the_better_model_in_either_order(sft_run, tmp_path):
     for start, trained in (("sft", "weak"), ("weak", "sft")):
         final = tmp_path / f"final-{trained}"
         shutil.copytree(models[trained], final)
-        record = guard_final(run, models[start], final, "eval_NDCG@10")
+        record = guard_final(run, models[start], final, "eval_NDCG@10", rule=rule)
         assert record["sft"]["NDCG@10"] != record["grpo"]["NDCG@10"]  # the two models really differ
         better = "sft" if record["sft"]["NDCG@10"] > record["grpo"]["NDCG@10"] else "grpo"
-        assert record["kept"] == better
+        if rule == "significant" and record["difference"]["NDCG@10"][1] <= 0:
+            better = "sft"  # higher, but not beyond the interval: the start stays
+        assert record["kept"] == better and record["rule"] == rule
         shipped = models[start] if better == "sft" else models[trained]
         assert (final / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
     same = tmp_path / "same"
     shutil.copytree(models["sft"], same)
-    assert guard_final(run, models["sft"], same, "NDCG@10")["kept"] == "sft"
+    assert guard_final(run, models["sft"], same, "NDCG@10", rule=rule)["kept"] == "sft"
     with pytest.raises(ValueError, match="guard compares"):
-        guard_final(run, models["sft"], same, "eval_loss")
+        guard_final(run, models["sft"], same, "eval_loss", rule=rule)
+    with pytest.raises(ValueError, match="guard rule"):
+        guard_final(run, models["sft"], same, "NDCG@10", rule="usually")
 
 
 def test_killed_grpo_run_resumes_to_the_same_final_step(sft_run, tmp_path):
