@@ -222,6 +222,16 @@ class TrieRollout:
             return 0
         return min(size - 1, max(1, round(size * self.args.beam_share)))
 
+    @staticmethod
+    def ranks(rows: int, process_index: int, size: int) -> list[int]:
+        """Each of a process's `rows` completions' rank in its group: its global position modulo `size`."""
+        return [(process_index * rows + j) % size for j in range(rows)]
+
+    def sampled(self, rows: int, process_index: int, size: int) -> list[bool]:
+        """Which of a process's `rows` completions were sampled (ranks past the group's beams)."""
+        beams = self.beams_per_group(size)
+        return [rank >= beams for rank in self.ranks(rows, process_index, size)]
+
     def groups(self, rec: Recommender, prompts: list[str], size: int, bf16: bool,
                histories: dict[str, list[str]] | None = None) -> dict[str, list[str]]:
         """Each distinct prompt's `size` items: its beams best first, then its samples in draw order. `histories`
@@ -249,23 +259,19 @@ class TrieRollout:
         inputs = getattr(trainer, "_rollout_inputs", None) or [{}] * len(prompts)
         histories = {p: row["history"] for p, row in zip(prompts, inputs, strict=True) if "history" in row}
         groups = self.groups(rec, prompts, size, bool(trainer.args.bf16), histories)
-        start = trainer.accelerator.process_index * len(prompts)
-        beams = self.beams_per_group(size)
-        items, ranks, injected, hits = [], [], 0, 0
-        for j, prompt in enumerate(prompts):
-            rank = (start + j) % size
+        ranks = self.ranks(len(prompts), trainer.accelerator.process_index, size)
+        items, injected, hits = [], 0, 0
+        for j, (prompt, rank) in enumerate(zip(prompts, ranks, strict=True)):
             group, target = groups[prompt], inputs[j].get("target")
             hits += target in group and rank == 0
             if self.args.inject_target and target in self.sids and target not in group:
                 group = [*group[:-1], target]
                 injected += rank == 0
             items.append(group[rank])
-            ranks.append(rank)
-        n_groups = max(1, sum(1 for j in range(len(prompts)) if (start + j) % size == 0))
+        n_groups = max(1, ranks.count(0))
         trainer._metrics[mode]["rollout/hit_in_group"].append(hits / n_groups)
         trainer._metrics[mode]["rollout/injected"].append(injected / n_groups)
         trainer._metrics[mode]["rollout/distinct_items"].append(len(set(items)) / len(items))
-        trainer._rollout_sampled = [rank >= beams for rank in ranks]
         return {"prompt_ids": [encode_prompt(rec.tokenizer, p) for p in prompts],
                 "completion_ids": [rec.completion_ids(i) for i in items], "logprobs": None,
                 "beam_rank": ranks, "rollout_item": items}
@@ -302,13 +308,15 @@ class GenRecGRPOTrainer(GRPOTrainer):
             add_sid_head(self.accelerator.unwrap_model(self.ref_model), sid_ids)
 
     def _generate_and_score_completions(self, inputs):
-        self._rollout_inputs, self._rollout_sampled = inputs, None  # the rollout reads each group's target
+        self._rollout_inputs = inputs  # the rollout reads each group's target (inject_target)
         try:
             output = super()._generate_and_score_completions(inputs)
         finally:
             self._rollout_inputs = None
-        sampled = self._rollout_sampled
-        if self.beta != 0.0 and self.rollout_func.args.rollout == "mixed" and sampled is not None:
+        if self.beta != 0.0 and self.rollout_func.args.rollout == "mixed":
+            size = self.num_generations if self.model.training else self.num_generations_eval
+            sampled = self.rollout_func.sampled(output["completion_ids"].size(0), self.accelerator.process_index,
+                                                size)
             output["ref_per_token_logps"] = self._kl_for_sampled(output, sampled)
         return output
 
